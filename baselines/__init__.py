@@ -1,0 +1,1 @@
+"""Baseline systems the engine is compared against: Fiddler and llama.cpp."""

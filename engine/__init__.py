@@ -1,0 +1,1 @@
+"""The bundled hybrid engine: model code, loaders, quantization, CPU expert backends, synthetic models."""

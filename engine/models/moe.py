@@ -1,0 +1,38 @@
+"""The MoE block: router and shared experts on the model device, routed experts via the hook."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from engine.experts.runner import ExpertRunner
+from engine.models.layers import Linear, SwiGLUMLP
+
+Router = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class MoEBlock:
+    """``routed(x) + shared(x)``; Qwen2 gates the shared expert with ``sigmoid(gate(x))``.
+
+    The routed part goes through ``runner`` (the model's ``expert_runner``), which receives
+    the device tensors and decides where and when the experts run (see engine.experts.runner).
+    """
+
+    layer_idx: int
+    router: Router
+    shared: SwiGLUMLP | None
+    shared_gate: Linear | None = None
+
+    def __call__(self, x: torch.Tensor, runner: ExpertRunner) -> torch.Tensor:
+        """``x[T, H]`` -> ``[T, H]``."""
+        expert_ids, weights = self.router(x)
+        out = runner(self.layer_idx, x, expert_ids, weights)
+        if self.shared is not None:
+            shared = self.shared(x)
+            if self.shared_gate is not None:
+                shared = torch.sigmoid(self.shared_gate(x)) * shared
+            out = out + shared
+        return out

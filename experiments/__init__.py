@@ -1,0 +1,1 @@
+"""The harness: configs, experiments, runner, results store, provenance, telemetry and the CLI."""

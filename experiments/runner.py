@@ -1,0 +1,284 @@
+"""The shared runner: plan a job's points, skip measured ones, measure the rest, record rows.
+
+One job = one experiment x model x system (one Hydra job). Every planned point ends up in
+the results table: ``ok`` rows (one per trial), or one ``not_run`` row (the system or
+experiment cannot run here, with the reason) or one ``failed`` row (the error text), and
+the job goes on with the next point. Only Ctrl-C stops a job; it loses the point in flight.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from experiments import accuracy, breakdown, decode, prefill, provenance
+from experiments.errors import HmoeError
+from experiments.model_resolution import resolve_model
+from experiments.points import Point, point_id
+from experiments.results_store import ResultsStore
+from experiments.schema import STATUS_FAILED, STATUS_NOT_RUN, STATUS_OK
+from experiments.system_api import ModelSpec, SystemUnavailable, load_system_class
+from experiments.telemetry import Telemetry
+from experiments.workload import PromptSource
+
+PLANNERS: dict[str, Callable[[Any], list[Point]]] = {
+    "prefill": prefill.plan,
+    "decode": decode.plan,
+    "breakdown": breakdown.plan,
+    "accuracy": accuracy.plan,
+}
+
+
+@dataclass
+class JobSummary:
+    """How a job's points ended."""
+
+    planned: int = 0
+    skipped: int = 0
+    ok: int = 0
+    failed: int = 0
+    not_run: int = 0
+    lines: list[str] = field(default_factory=list)
+
+
+def _err_text(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    name = type(exc).__name__
+    if "out of memory" in first.lower() or name == "OutOfMemoryError":
+        return f"out of memory: {first}"[:500]
+    return (first if isinstance(exc, HmoeError | SystemUnavailable) else f"{name}: {first}")[:500]
+
+
+class JobRunner:
+    """Runs one Hydra job's points and appends their rows to ``results/<run>/``."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(cfg.results_root) / cfg.run
+        self.store = ResultsStore(self.run_dir)
+        self.options: dict[str, Any] = OmegaConf.to_container(cfg.system.options, resolve=True)
+        self.summary = JobSummary()
+        self.job_name = f"{cfg.experiment.name}/{cfg.model.key}/{cfg.system.name}"
+        self.system_facts: dict[str, Any] = {}
+
+    # -- identity ----------------------------------------------------------------------------
+    def _identity(self, point: Point) -> dict[str, Any]:
+        cfg = self.cfg
+        model = OmegaConf.to_container(cfg.model, resolve=True)
+        model_id = {
+            "key": model["key"],
+            "path": model["path"],
+            "synthetic": None if model["path"] else model["synthetic"],
+        }
+        if point.stage == "accuracy":
+            model_id["data_dir"] = cfg.data.dir
+            model_id["limit"] = cfg.experiment.limit
+        return {
+            "model": model_id,
+            "system": {"name": cfg.system.name, "options": {**self.options, **point.system_options}},
+            "trials": cfg.experiment.trials,
+            "warmup": cfg.experiment.warmup,
+            "workload": OmegaConf.to_container(cfg.workload, resolve=True),
+        }
+
+    def _base_row(self, point: Point, pid: str, spec: ModelSpec | None) -> dict[str, Any]:
+        cfg = self.cfg
+        names = OmegaConf.to_container(cfg.system.precision_names, resolve=True)
+        return {
+            "run": cfg.run,
+            "point_id": pid,
+            "experiment": point.experiment,
+            "stage": point.stage,
+            "model": cfg.model.key,
+            "paper_model": cfg.model.paper_model,
+            "model_name": cfg.model.name,
+            "model_source": spec.source if spec else (cfg.model.path or "synthetic"),
+            "synthetic": spec.synthetic if spec else not bool(cfg.model.path),
+            "layers_run": spec.layers_run if spec else None,
+            "layers_total": spec.layers_total if spec else cfg.model.layers_total,
+            "system": cfg.system.name,
+            "precision": names.get(point.precision, point.precision),
+            "variant": point.variant,
+            "immediate_experts": point.immediate_experts,
+            "deferred_experts": point.deferred_experts if point.immediate_experts else None,
+            "prompt_tokens": point.prompt_tokens or None,
+            "decode_tokens": point.decode_tokens or None,
+            "task": point.task,
+            "profile": cfg.profile.name,
+            "device": {**self.options, **point.system_options}.get("device", ""),
+        }
+
+    # -- recording ---------------------------------------------------------------------------
+    def _record_status(
+        self, todo: list[tuple[Point, str]], status: str, error: str, spec: ModelSpec | None,
+        bar: tqdm | None = None,
+    ) -> None:
+        stamp = provenance.utc_now()
+        for point, pid in todo:
+            row = self._base_row(point, pid, spec)
+            row.update(status=status, error=error, trial=-1, timestamp=stamp)
+            self.store.append_point([row])
+            if status == STATUS_NOT_RUN:
+                self.summary.not_run += 1
+            else:
+                self.summary.failed += 1
+            if bar is not None:
+                bar.update(1)
+        if todo:
+            label = "NOT RUN" if status == STATUS_NOT_RUN else "FAILED"
+            self.summary.lines.append(f"{label} ({len(todo)} point(s)): {error}")
+
+    # -- measuring ---------------------------------------------------------------------------
+    def _measure(self, system: Any, point: Point, prompts: PromptSource) -> list[dict[str, Any]]:
+        out = []
+        for trial in range(self.cfg.experiment.trials):
+            with Telemetry() as tel:
+                if point.stage == "prefill":
+                    ids = prompts.window(point.prompt_tokens, trial, "prefill")
+                    t = system.prefill(ids)
+                    seconds, tokens = t.seconds, t.tokens
+                else:
+                    ids = prompts.window(point.prompt_tokens, trial, "decode")
+                    t = system.decode(
+                        ids, point.decode_tokens, point.immediate_experts, point.deferred_experts
+                    )
+                    seconds, tokens = t.decode_seconds, t.decode_tokens
+            if seconds <= 0:
+                raise RuntimeError(f"system reported a non-positive time ({seconds})")
+            out.append(
+                {
+                    "trial": trial,
+                    "seconds": seconds,
+                    "tokens_per_s": tokens / seconds,
+                    **tel.reading.as_row(),
+                }
+            )
+        return out
+
+    def _warm_up(self, system: Any, points: list[Point], prompts: PromptSource) -> None:
+        first = points[0]
+        for i in range(self.cfg.experiment.warmup):
+            if first.stage == "prefill":
+                longest = max(p.prompt_tokens for p in points)
+                system.prefill(prompts.window(longest, 1000 + i, "warmup"))
+            else:
+                system.decode(
+                    prompts.window(first.prompt_tokens, 1000 + i, "warmup"),
+                    min(16, first.decode_tokens),
+                    first.immediate_experts,
+                    first.deferred_experts,
+                )
+
+    def _run_group(
+        self, group: list[tuple[Point, str]], spec: ModelSpec, prompts: PromptSource, bar: tqdm
+    ) -> None:
+        point0 = group[0][0]
+        options = {**self.options, **point0.system_options}
+        try:
+            cls = load_system_class(self.cfg.system.impl)
+            system = cls(options)
+        except SystemUnavailable as exc:
+            self._record_status(group, STATUS_NOT_RUN, _err_text(exc), spec, bar)
+            return
+        try:
+            try:
+                system.load(spec, point0.precision)
+                self._warm_up(system, [p for p, _ in group], prompts)
+            except SystemUnavailable as exc:
+                self._record_status(group, STATUS_NOT_RUN, _err_text(exc), spec, bar)
+                return
+            except Exception as exc:  # noqa: BLE001 - any load error is recorded, run goes on
+                self._record_status(group, STATUS_FAILED, f"load: {_err_text(exc)}", spec, bar)
+                return
+            for point, pid in group:
+                bar.set_postfix_str(point.describe())
+                try:
+                    trials = self._measure(system, point, prompts)
+                except SystemUnavailable as exc:
+                    self._record_status([(point, pid)], STATUS_NOT_RUN, _err_text(exc), spec, bar)
+                    continue
+                except Exception as exc:  # noqa: BLE001 - recorded as a failed point
+                    self._record_status([(point, pid)], STATUS_FAILED, _err_text(exc), spec, bar)
+                    continue
+                stamp = provenance.utc_now()
+                rows = []
+                for trial in trials:
+                    row = self._base_row(point, pid, spec)
+                    row.update(trial, status=STATUS_OK, error="", timestamp=stamp)
+                    row["corpus"] = prompts.corpus_name
+                    rows.append(row)
+                self.store.append_point(rows)
+                self.summary.ok += 1
+                mean = sum(t["tokens_per_s"] for t in trials) / len(trials)
+                self.summary.lines.append(f"{point.describe():<36} {mean:>12.2f} tokens/s")
+                bar.update(1)
+            try:
+                self.system_facts[self.job_name] = system.describe()
+            except Exception as exc:  # noqa: BLE001
+                self.system_facts[self.job_name] = {"describe_error": _err_text(exc)}
+        finally:
+            system.close()
+
+    def run(self) -> JobSummary:
+        """Plan, skip what is measured, measure the rest; returns how the points ended."""
+        cfg = self.cfg
+        planner = PLANNERS.get(cfg.experiment.name)
+        if planner is None:
+            raise HmoeError(f"unknown experiment {cfg.experiment.name!r}")
+        points = planner(cfg)
+        self.summary.planned = len(points)
+        done = self.store.completed_points()
+        todo = []
+        for point in points:
+            pid = point_id(point, self._identity(point))
+            if pid in done and not cfg.rerun:
+                self.summary.skipped += 1
+            else:
+                todo.append((point, pid))
+        if not todo:
+            return self.summary
+        provenance.record_job_start(
+            self.run_dir, cfg.run, cfg.mode.name, cfg.profile.name, self.job_name,
+            OmegaConf.to_container(cfg, resolve=True),
+        )
+        try:
+            self._run_points(todo)
+        finally:
+            self.store.compact()
+            provenance.record_job_end(self.run_dir, self.job_name, self.system_facts)
+        return self.summary
+
+    def _run_points(self, todo: list[tuple[Point, str]]) -> None:
+        cfg = self.cfg
+        if todo[0][0].stage == "accuracy":
+            self._record_status(todo, STATUS_NOT_RUN, accuracy.NOT_IMPLEMENTED, None)
+            return
+        try:
+            spec = resolve_model(cfg.model, Path(cfg.paths.cache_dir), progress=cfg.progress)
+            prompts = PromptSource(
+                spec.path, cfg.workload.corpus, cfg.workload.corpus_file, cfg.workload.seed
+            )
+        except Exception as exc:  # noqa: BLE001 - a bad model fails its points, run goes on
+            self._record_status(todo, STATUS_FAILED, f"model: {_err_text(exc)}", None)
+            return
+        groups: dict[str, list[tuple[Point, str]]] = {}
+        for point, pid in todo:
+            key = f"{point.precision}|{sorted(point.system_options.items())}"
+            groups.setdefault(key, []).append((point, pid))
+        desc = f"{cfg.experiment.name} {cfg.system.name} {cfg.model.key}"
+        with tqdm(
+            total=len(todo), desc=desc, unit="pt", disable=not cfg.progress, file=sys.stderr,
+            dynamic_ncols=True,
+        ) as bar:
+            start = time.perf_counter()
+            for group in groups.values():
+                self._run_group(group, spec, prompts, bar)
+            bar.set_postfix_str(f"done in {time.perf_counter() - start:.1f}s")

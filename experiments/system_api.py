@@ -1,0 +1,136 @@
+"""The System protocol every measured system implements, and the registry that finds them.
+
+The experiment code only ever talks to a :class:`System`; it never knows whether it runs
+the bundled engine, the Fiddler baseline or llama.cpp. Systems are named in
+``conf/system/<name>.yaml`` by an ``impl: "module:Class"`` string and imported lazily, so
+a system whose optional dependency is missing fails with :class:`SystemUnavailable`
+(recorded as NOT RUN) instead of breaking the whole run.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+
+class SystemUnavailable(RuntimeError):
+    """The system cannot run here (not implemented yet, dependency missing, no GPU...).
+
+    The runner records every point of such a system as ``not_run`` with this message.
+    """
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A resolved model: where its files are and what it stands for.
+
+    ``path`` is a Hugging Face-format directory (config.json, *.safetensors,
+    tokenizer.json). ``gguf`` maps a precision name (``fp16``/``bf16``/``int8``/``int4``)
+    to a GGUF file when one was configured. ``paper_model`` is the paper's key
+    (qw2/ds2/ds3) this model stands for in figures; tiny models stand in for the real one.
+    """
+
+    key: str
+    paper_model: str
+    name: str
+    architecture: str
+    path: Path
+    source: str
+    synthetic: bool
+    layers_run: int
+    layers_total: int
+    gguf: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def is_slice(self) -> bool:
+        """True when only the first ``layers_run`` of ``layers_total`` layers exist."""
+        return self.layers_run < self.layers_total
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling parameters for :meth:`System.generate` (temperature 0 = greedy)."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PrefillTiming:
+    """One prefill forward: seconds of wall time for ``tokens`` prompt tokens."""
+
+    tokens: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class DecodeTiming:
+    """One decode run: the prompt's prefill time and the decode loop's time and tokens."""
+
+    prompt_tokens: int
+    prefill_seconds: float
+    decode_tokens: int
+    decode_seconds: float
+    token_ids: tuple[int, ...] = ()
+
+
+@runtime_checkable
+class System(Protocol):
+    """What the harness needs from a system under test.
+
+    Timings are measured by the system itself around the work it does, after any
+    device synchronisation, so that asynchronous GPU work is counted.
+    """
+
+    name: str
+
+    def load(self, model: ModelSpec, precision: str) -> None:
+        """Load ``model`` with its routed experts in ``precision`` (bf16, int8, ...)."""
+
+    def prefill(self, prompt_ids: list[int]) -> PrefillTiming:
+        """One forward pass over the whole prompt (no KV cache kept afterwards)."""
+
+    def decode(
+        self,
+        prompt_ids: list[int],
+        n_tokens: int,
+        immediate_experts: int | None = None,
+        deferred_experts: int = 0,
+    ) -> DecodeTiming:
+        """Prefill ``prompt_ids``, then ``n_tokens`` greedy single-token steps.
+
+        ``immediate_experts``/``deferred_experts`` split each token's routed top-k
+        (expert deferral); systems without deferral raise :class:`SystemUnavailable`
+        when asked for ``deferred_experts > 0``.
+        """
+
+    def generate(self, text: str, sampling: Sampling) -> str:
+        """Generate a continuation of ``text`` (the text alone, prompt excluded)."""
+
+    def describe(self) -> dict[str, Any]:
+        """Placement and build facts for provenance (devices, threads, versions)."""
+
+    def close(self) -> None:
+        """Free the model and any device memory."""
+
+
+def load_system_class(impl: str) -> type:
+    """Import ``"module:Class"`` lazily; missing modules become :class:`SystemUnavailable`."""
+    if ":" not in impl:
+        raise ValueError(f"system impl must look like 'module:Class', got {impl!r}")
+    module_name, class_name = impl.split(":", 1)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise SystemUnavailable(
+            f"cannot import {module_name!r} for system implementation {impl!r}: {exc}"
+        ) from exc
+    try:
+        return getattr(module, class_name)
+    except AttributeError as exc:
+        raise SystemUnavailable(f"{module_name!r} has no class {class_name!r}") from exc

@@ -1,0 +1,32 @@
+"""Write a figure as PNG and PDF atomically (temporary file, then os.replace)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+FORMATS = ("png", "pdf")
+
+
+def save_figure(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
+    """Save ``fig`` as out_dir/stem.png and out_dir/stem.pdf; return both paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    written = []
+    for fmt in FORMATS:
+        target = out_dir / f"{stem}.{fmt}"
+        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{stem}.", suffix=f".{fmt}.tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                fig.savefig(handle, format=fmt, bbox_inches="tight")
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        written.append(target)
+    return written
