@@ -138,11 +138,13 @@ class FiddlerSystem:
     def _resolve_device(self) -> torch.device:
         want = self.config.device
         if want == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            want = "cuda" if torch.cuda.is_available() else "cpu"
         if want.startswith("cuda") and not torch.cuda.is_available():
             raise SystemUnavailable(f"fiddler device {want!r} asked for, but no CUDA GPU is seen")
         device = torch.device(want)
-        return torch.device("cuda", torch.cuda.current_device()) if device == "cuda" else device
+        if device.type == "cuda" and device.index is None:
+            return torch.device("cuda", torch.cuda.current_device())
+        return device
 
     def load(self, model: ModelSpec, precision: str) -> None:
         """Load ``model`` in ``precision`` (bf16/fp16/fp32: Fiddler runs experts unquantized)."""

@@ -1,1 +1,1 @@
-"""The bundled hybrid engine: model code, loaders, quantization, CPU expert backends, synthetic models."""
+"""The bundled hybrid engine: model code, loaders, quantization, experts, synthetic models."""

@@ -1,4 +1,4 @@
-"""Real English text for tokenizer training and prompts: a user file, WikiText-2, or CPython docs."""
+"""Real English text for tokenizers and prompts: a user file, WikiText-2, or the CPython docs."""
 
 from __future__ import annotations
 

@@ -71,8 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``hmoe`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print(f"usage:\n{USAGE}", file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
+        asked = bool(argv) and argv[0] in ("-h", "--help")
+        print(f"usage:\n{USAGE}", file=sys.stdout if asked else sys.stderr)
+        return 0 if asked else 2
     from engine.errors import EngineError
     from experiments.errors import HmoeError
 

@@ -137,7 +137,10 @@ def _models_line(cfg, models: list[str]) -> str:  # noqa: ANN001
             f"models: {', '.join(models)} - synthetic tiny models on a {profile} profile; "
             "throughput and accuracy numbers are NOT comparable to the paper's"
         )
-    return f"models: {', '.join(models)} (real checkpoints where their paths are set, else synthetic layer slices)"
+    return (
+        f"models: {', '.join(models)} (real checkpoints where their paths are set, "
+        "else synthetic layer slices of the real shapes)"
+    )
 
 
 def main(argv: list[str]) -> int:

@@ -83,7 +83,10 @@ class JobRunner:
             model_id["limit"] = cfg.experiment.limit
         return {
             "model": model_id,
-            "system": {"name": cfg.system.name, "options": {**self.options, **point.system_options}},
+            "system": {
+                "name": cfg.system.name,
+                "options": {**self.options, **point.system_options},
+            },
             "trials": cfg.experiment.trials,
             "warmup": cfg.experiment.warmup,
             "workload": OmegaConf.to_container(cfg.workload, resolve=True),
@@ -187,6 +190,9 @@ class JobRunner:
             system = cls(options)
         except SystemUnavailable as exc:
             self._record_status(group, STATUS_NOT_RUN, _err_text(exc), spec, bar)
+            return
+        except Exception as exc:  # noqa: BLE001 - e.g. a bad option: recorded, run goes on
+            self._record_status(group, STATUS_FAILED, f"system: {_err_text(exc)}", spec, bar)
             return
         try:
             try:

@@ -6,6 +6,7 @@ utilisation is psutil's system-wide average between the region's start and end.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 from dataclasses import dataclass
@@ -67,10 +68,8 @@ class Telemetry:
         self._gpu_mem_peak = 0.0
 
     def _sample(self) -> None:
-        try:
+        with contextlib.suppress(psutil.Error):
             self._rss_peak = max(self._rss_peak, self._proc.memory_info().rss)
-        except psutil.Error:
-            pass
         handle = _Nvml.handle()
         if handle is not None:
             import pynvml
@@ -106,6 +105,6 @@ class Telemetry:
         self.reading = TelemetryReading(
             cpu_util_pct=psutil.cpu_percent(interval=None),
             peak_rss_mb=self._rss_peak / 2**20 if self._rss_peak else math.nan,
-            gpu_util_pct=(sum(self._gpu_util) / len(self._gpu_util)) if self._gpu_util else math.nan,
+            gpu_util_pct=sum(self._gpu_util) / len(self._gpu_util) if self._gpu_util else math.nan,
             gpu_mem_mb=self._gpu_mem_peak if _Nvml.handle() is not None else math.nan,
         )

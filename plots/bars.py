@@ -43,14 +43,23 @@ def bar_panel(ax: Axes, entries: list[BarEntry], ylabel: str, empty_text: str) -
         if entry.value is None:
             mark_not_run(ax, x, BAR_WIDTH, entry.missing_text)
             continue
-        ax.bar(x, entry.value, width=BAR_WIDTH, color=entry.color, hatch=entry.hatch,
-               edgecolor="black", linewidth=0.4)
+        ax.bar(
+            x,
+            entry.value,
+            width=BAR_WIDTH,
+            color=entry.color,
+            hatch=entry.hatch,
+            edgecolor="black",
+            linewidth=0.4,
+        )
         text = _value_text(entry.value) + (f"\n{entry.note}" if entry.note else "")
-        ax.text(x, entry.value + top * 0.01, text, ha="center",
-                va="bottom", fontsize=LEGEND_FONT_SIZE)
+        ax.text(
+            x, entry.value + top * 0.01, text, ha="center", va="bottom", fontsize=LEGEND_FONT_SIZE
+        )
     ax.set_xticks(positions)
-    ax.set_xticklabels([e.label for e in entries], rotation=45, ha="right",
-                       fontsize=LEGEND_FONT_SIZE)
+    ax.set_xticklabels(
+        [e.label for e in entries], rotation=45, ha="right", fontsize=LEGEND_FONT_SIZE
+    )
     ax.set_xlim(-0.6, len(entries) - 0.4)
     ax.set_ylim(0, top * 1.2)
     ax.set_ylabel(ylabel)

@@ -51,28 +51,54 @@ def _plot_measured(ax: Axes, measured: pd.DataFrame) -> None:
             f"{system_name(system)} {precision} - "
             f"{run_model_label(model, bool(synthetic), layers_run, layers_total)}"
         )
-        style = {"color": system_color(system), "marker": precision_marker(precision),
-                 "fillstyle": fills[model]}
-        ax.plot(series["prompt_tokens"], series["tokens_per_s"], MEASURED_STYLE, label=label,
-                markersize=4, linewidth=1.5, **style)
+        style = {
+            "color": system_color(system),
+            "marker": precision_marker(precision),
+            "fillstyle": fills[model],
+        }
+        ax.plot(
+            series["prompt_tokens"],
+            series["tokens_per_s"],
+            MEASURED_STYLE,
+            label=label,
+            markersize=4,
+            linewidth=1.5,
+            **style,
+        )
         if is_slice(layers_run, layers_total):
             factor = layers_run / layers_total
-            ax.plot(series["prompt_tokens"], series["tokens_per_s"] * factor, PROJECTION_STYLE,
-                    label=f"{label}: projection to {int(layers_total)} layers "
-                    f"(x{int(layers_run)}/{int(layers_total)})",
-                    markersize=3, linewidth=1.2, alpha=0.9, **style)
+            ax.plot(
+                series["prompt_tokens"],
+                series["tokens_per_s"] * factor,
+                PROJECTION_STYLE,
+                label=f"{label}: projection to {int(layers_total)} layers "
+                f"(x{int(layers_run)}/{int(layers_total)})",
+                markersize=3,
+                linewidth=1.2,
+                alpha=0.9,
+                **style,
+            )
 
 
 def _plot_paper(ax: Axes, paper: pd.DataFrame) -> None:
     for (system, precision), series in paper.groupby(["system", "precision"], sort=True):
         series = series.sort_values("prompt_tokens")
-        ax.plot(series["prompt_tokens"], series["tokens_per_s"], PAPER_STYLE,
-                color=system_color(system), marker=precision_marker(precision), markersize=3,
-                linewidth=1.0, alpha=0.6, label=f"paper: {system_name(system)} {precision}")
+        ax.plot(
+            series["prompt_tokens"],
+            series["tokens_per_s"],
+            PAPER_STYLE,
+            color=system_color(system),
+            marker=precision_marker(precision),
+            markersize=3,
+            linewidth=1.0,
+            alpha=0.6,
+            label=f"paper: {system_name(system)} {precision}",
+        )
 
 
-def _panel(ax: Axes, paper_model: str, points: pd.DataFrame, paper: pd.DataFrame,
-           unmeasured: pd.DataFrame) -> None:
+def _panel(
+    ax: Axes, paper_model: str, points: pd.DataFrame, paper: pd.DataFrame, unmeasured: pd.DataFrame
+) -> None:
     measured = points[points["paper_model"] == paper_model]
     paper = paper[paper["paper_model"] == paper_model]
     skipped = unmeasured[unmeasured["paper_model"] == paper_model]
@@ -109,21 +135,25 @@ def _legend_entries(points: pd.DataFrame, paper: pd.DataFrame, models: list[str]
     for paper_model in models:
         measured = points[points["paper_model"] == paper_model]
         series = measured.drop_duplicates(SERIES_KEYS)
-        slices = sum(is_slice(r, t) for r, t in zip(series["layers_run"],
-                                                       series["layers_total"], strict=True))
+        slices = sum(
+            is_slice(r, t)
+            for r, t in zip(series["layers_run"], series["layers_total"], strict=True)
+        )
         mine = paper[paper["paper_model"] == paper_model].drop_duplicates(["system", "precision"])
         most = max(most, len(series) + slices + len(mine))
     return most
 
 
-def render_figure11(results: pd.DataFrame, references: pd.DataFrame,
-                    provenance: dict[str, Any]) -> Figure:
+def render_figure11(
+    results: pd.DataFrame, references: pd.DataFrame, provenance: dict[str, Any]
+) -> Figure:
     """Build Figure 11 from result rows, reference rows and provenance (no file I/O)."""
     points = point_means(results, "prefill")
     unmeasured = unmeasured_points(results[results["experiment"] == "prefill"])
     paper = references[references["experiment"] == "prefill"]
-    models = panel_models(results.loc[results["experiment"] == "prefill", "paper_model"],
-                          paper["paper_model"])
+    models = panel_models(
+        results.loc[results["experiment"] == "prefill", "paper_model"], paper["paper_model"]
+    )
     caption = (
         "Solid: measured in this run (mean of ok trials; NOT RUN / failed points omitted). "
         "Dashed: paper (KTransformers SOSP'25, Fig. 11, dual Xeon 8452Y + A100 / RTX 4080).\n"
@@ -142,12 +172,14 @@ def render_figure11(results: pd.DataFrame, references: pd.DataFrame,
     for column, paper_model in enumerate(models):
         _panel(panels[0][column], paper_model, points, paper, unmeasured)
         move_legend(panels[0][column], legends[column])
-    fig.suptitle("Figure 11 - prefill throughput vs prompt length", fontsize=FONT_SIZE + 2,
-                 fontweight="bold")
+    fig.suptitle(
+        "Figure 11 - prefill throughput vs prompt length", fontsize=FONT_SIZE + 2, fontweight="bold"
+    )
     return fig
 
 
-def plot_figure11(results: pd.DataFrame, references: pd.DataFrame, provenance: dict[str, Any],
-                  out_dir: Path) -> list[Path]:
+def plot_figure11(
+    results: pd.DataFrame, references: pd.DataFrame, provenance: dict[str, Any], out_dir: Path
+) -> list[Path]:
     """Write figure11_prefill.png and .pdf into ``out_dir``; return their paths."""
     return save_figure(render_figure11(results, references, provenance), out_dir, STEM)

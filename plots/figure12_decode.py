@@ -55,18 +55,21 @@ def _entries(rows: pd.DataFrame, with_model: bool) -> list[BarEntry]:
     ordered = sorted((row for _, row in rows.iterrows()), key=_sort_key)
     for row in ordered:
         label = f"{system_name(row['system'])} {row['precision']} " + experts_label(
-            row["immediate_experts"], row["deferred_experts"])
+            row["immediate_experts"], row["deferred_experts"]
+        )
         if with_model:
             label = f"{row['model']}: {label}"
         value = row["tokens_per_s"]
         deferral = not pd.isna(row["deferred_experts"]) and row["deferred_experts"] > 0
-        entries.append(BarEntry(
-            label=label.strip(),
-            value=None if pd.isna(value) else float(value),
-            color=system_color(row["system"]),
-            missing_text=str(row.get("status", "not_run")).replace("_", " "),
-            hatch="xx" if deferral else "",
-        ))
+        entries.append(
+            BarEntry(
+                label=label.strip(),
+                value=None if pd.isna(value) else float(value),
+                color=system_color(row["system"]),
+                missing_text=str(row.get("status", "not_run")).replace("_", " "),
+                hatch="xx" if deferral else "",
+            )
+        )
     return entries
 
 
@@ -74,12 +77,18 @@ def _title(head: str, points: pd.DataFrame, with_model: bool) -> str:
     lines = best_speedup_lines(decode_speedups(points), with_model=with_model)
     if points.empty:
         return head
-    return "\n".join([head, "engine speedup (best, incl. deferral):",
-                      *(lines or ["n/a (needs engine and a baseline)"])])
+    return "\n".join(
+        [
+            head,
+            "engine speedup (best, incl. deferral):",
+            *(lines or ["n/a (needs engine and a baseline)"]),
+        ]
+    )
 
 
-def render_figure12(results: pd.DataFrame, references: pd.DataFrame,
-                    provenance: dict[str, Any]) -> Figure:
+def render_figure12(
+    results: pd.DataFrame, references: pd.DataFrame, provenance: dict[str, Any]
+) -> Figure:
     """Build Figure 12 from result rows, reference rows and provenance (no file I/O)."""
     decode_rows = results[results["experiment"] == "decode"]
     points = point_means(results, "decode")
@@ -97,38 +106,65 @@ def render_figure12(results: pd.DataFrame, references: pd.DataFrame,
         f"Measured on: {short_hardware(provenance)}."
     )
     fig = new_figure(5.0 * columns, 9.0)
-    panels, legends = panel_grid(fig, columns, 2, 3.6, 0.4, caption,
-                                  shared_legend=True)
+    panels, legends = panel_grid(fig, columns, 2, 3.6, 0.4, caption, shared_legend=True)
     for column, paper_model in enumerate(models):
         mine = measured_all[measured_all["paper_model"] == paper_model]
         mine_points = points[points["paper_model"] == paper_model]
         many = mine["model"].nunique() > 1
-        names = sorted({run_model_label(r["model"], bool(r["synthetic"]), r["layers_run"],
-                                        r["layers_total"]) for _, r in mine.iterrows()})
+        names = sorted(
+            {
+                run_model_label(
+                    r["model"], bool(r["synthetic"]), r["layers_run"], r["layers_total"]
+                )
+                for _, r in mine.iterrows()
+            }
+        )
         head = f"{model_title(paper_model)}\nmeasured: {', '.join(names) or 'nothing'}"
         panels[0][column].set_title(_title(head, mine_points, many), fontsize=LEGEND_FONT_SIZE + 1)
-        bar_panel(panels[0][column], _entries(mine, many), YLABEL,
-                  "no measured decode points for this model")
+        bar_panel(
+            panels[0][column],
+            _entries(mine, many),
+            YLABEL,
+            "no measured decode points for this model",
+        )
         theirs = paper[paper["paper_model"] == paper_model]
-        panels[1][column].set_title(_title(f"paper: {model_title(paper_model)}", theirs, False),
-                                    fontsize=LEGEND_FONT_SIZE + 1)
-        bar_panel(panels[1][column], _entries(theirs, False), YLABEL,
-                  "no paper numbers for this model")
+        panels[1][column].set_title(
+            _title(f"paper: {model_title(paper_model)}", theirs, False),
+            fontsize=LEGEND_FONT_SIZE + 1,
+        )
+        bar_panel(
+            panels[1][column], _entries(theirs, False), YLABEL, "no paper numbers for this model"
+        )
     if not models:
         for row in panels:
             bar_panel(row[0], [], YLABEL, "no decode data (neither measured nor in the paper)")
     handles = [Patch(color=system_color(s), label=system_name(s)) for s in SYSTEM_ORDER]
-    handles.append(Patch(facecolor="white", edgecolor="black", hatch="xx",
-                         label="expert deferral (N+D, D > 0)"))
-    handles.append(Patch(facecolor="white", edgecolor=NOT_RUN_EDGE, hatch=NOT_RUN_HATCH,
-                         label="not run / failed (no value)"))
-    legends[0].legend(handles=handles, loc="upper center", ncol=len(handles),
-                      fontsize=LEGEND_FONT_SIZE, frameon=False)
+    handles.append(
+        Patch(
+            facecolor="white", edgecolor="black", hatch="xx", label="expert deferral (N+D, D > 0)"
+        )
+    )
+    handles.append(
+        Patch(
+            facecolor="white",
+            edgecolor=NOT_RUN_EDGE,
+            hatch=NOT_RUN_HATCH,
+            label="not run / failed (no value)",
+        )
+    )
+    legends[0].legend(
+        handles=handles,
+        loc="upper center",
+        ncol=len(handles),
+        fontsize=LEGEND_FONT_SIZE,
+        frameon=False,
+    )
     fig.suptitle("Figure 12 - decode throughput", fontsize=FONT_SIZE + 2, fontweight="bold")
     return fig
 
 
-def plot_figure12(results: pd.DataFrame, references: pd.DataFrame, provenance: dict[str, Any],
-                  out_dir: Path) -> list[Path]:
+def plot_figure12(
+    results: pd.DataFrame, references: pd.DataFrame, provenance: dict[str, Any], out_dir: Path
+) -> list[Path]:
     """Write figure12_decode.png and .pdf into ``out_dir``; return their paths."""
     return save_figure(render_figure12(results, references, provenance), out_dir, STEM)

@@ -37,11 +37,16 @@ STAGES = ("prefill", "decode")
 
 def _setting_label(setting: BreakdownSetting) -> str:
     key = setting.key
-    label = run_model_label(setting.model, bool(key["synthetic"]), key["layers_run"],
-                            key["layers_total"])
-    workload = (f"prompt {int(key['prompt_tokens'])}" if setting.stage == "prefill"
-                else f"decode {int(key['decode_tokens'])}" if pd.notna(key["decode_tokens"])
-                else "decode")
+    label = run_model_label(
+        setting.model, bool(key["synthetic"]), key["layers_run"], key["layers_total"]
+    )
+    workload = (
+        f"prompt {int(key['prompt_tokens'])}"
+        if setting.stage == "prefill"
+        else f"decode {int(key['decode_tokens'])}"
+        if pd.notna(key["decode_tokens"])
+        else "decode"
+    )
     return f"{label}, {key['precision']}, {workload}"
 
 
@@ -64,8 +69,9 @@ def _panel_title(head: str, settings: list[BreakdownSetting]) -> str:
     return "\n".join(lines)
 
 
-def render_figure13(results: pd.DataFrame, references: pd.DataFrame,
-                    provenance: dict[str, Any]) -> Figure:
+def render_figure13(
+    results: pd.DataFrame, references: pd.DataFrame, provenance: dict[str, Any]
+) -> Figure:
     """Build Figure 13 from result rows, reference rows and provenance (no file I/O)."""
     paper_rows = reference_points(references[references["experiment"] == "breakdown"])
     measured = {stage: breakdown_settings(results, stage) for stage in STAGES}
@@ -92,29 +98,54 @@ def render_figure13(results: pd.DataFrame, references: pd.DataFrame,
             ax_mine, ax_paper = panels[2 * index][column], panels[2 * index + 1][column]
             head = f"{stage}, measured: {model_title(paper_model)}"
             ax_mine.set_title(_panel_title(head, mine), fontsize=LEGEND_FONT_SIZE + 1)
-            bar_panel(ax_mine, _entries(mine, len(mine) > 1), f"{stage} throughput (tokens/s)",
-                      f"no measured {stage} breakdown for this model")
-            ax_paper.set_title(f"{stage}, paper: {model_title(paper_model)}",
-                               fontsize=LEGEND_FONT_SIZE + 1)
-            bar_panel(ax_paper, _entries(theirs, False), f"{stage} throughput (tokens/s)",
-                      f"no paper {stage} breakdown for this model")
+            bar_panel(
+                ax_mine,
+                _entries(mine, len(mine) > 1),
+                f"{stage} throughput (tokens/s)",
+                f"no measured {stage} breakdown for this model",
+            )
+            ax_paper.set_title(
+                f"{stage}, paper: {model_title(paper_model)}", fontsize=LEGEND_FONT_SIZE + 1
+            )
+            bar_panel(
+                ax_paper,
+                _entries(theirs, False),
+                f"{stage} throughput (tokens/s)",
+                f"no paper {stage} breakdown for this model",
+            )
     if not models:
         for row in panels:
-            bar_panel(row[0], [], "throughput (tokens/s)", "no breakdown data (neither measured nor paper)")
+            bar_panel(
+                row[0],
+                [],
+                "throughput (tokens/s)",
+                "no breakdown data (neither measured nor paper)",
+            )
     handles = [
         Patch(color=system_color("fiddler"), label="base (Fiddler)"),
         Patch(color=system_color("engine"), label="engine variants"),
-        Patch(facecolor="white", edgecolor=NOT_RUN_EDGE, hatch=NOT_RUN_HATCH,
-              label="not run / failed (no value)"),
+        Patch(
+            facecolor="white",
+            edgecolor=NOT_RUN_EDGE,
+            hatch=NOT_RUN_HATCH,
+            label="not run / failed (no value)",
+        ),
     ]
-    legends[0].legend(handles=handles, loc="upper center", ncol=len(handles),
-                      fontsize=LEGEND_FONT_SIZE, frameon=False)
-    fig.suptitle("Figure 13 - performance breakdown (ablation)", fontsize=FONT_SIZE + 2,
-                 fontweight="bold")
+    legends[0].legend(
+        handles=handles,
+        loc="upper center",
+        ncol=len(handles),
+        fontsize=LEGEND_FONT_SIZE,
+        frameon=False,
+    )
+    fig.suptitle(
+        "Figure 13 - performance breakdown (ablation)", fontsize=FONT_SIZE + 2, fontweight="bold"
+    )
     return fig
 
 
-def plot_figure13(results: pd.DataFrame, references: pd.DataFrame, provenance: dict[str, Any],
-                  out_dir: Path) -> list[Path]:
+def plot_figure13(
+    results: pd.DataFrame, references: pd.DataFrame, provenance: dict[str, Any], out_dir: Path
+) -> list[Path]:
     """Write figure13_breakdown.png and .pdf into ``out_dir``; return their paths."""
     return save_figure(render_figure13(results, references, provenance), out_dir, STEM)

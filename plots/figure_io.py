@@ -18,12 +18,16 @@ def save_figure(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
     written = []
-    for fmt in FORMATS:
+    for index, fmt in enumerate(FORMATS):
+        if index == 1:
+            # The first save ran the layout engine; keep its positions for the other formats
+            # instead of laying the figure out again (drawing is the slow part).
+            fig.set_layout_engine("none")
         target = out_dir / f"{stem}.{fmt}"
         fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{stem}.", suffix=f".{fmt}.tmp")
         try:
             with os.fdopen(fd, "wb") as handle:
-                fig.savefig(handle, format=fmt, bbox_inches="tight")
+                fig.savefig(handle, format=fmt)
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -58,8 +58,9 @@ def point_means(results: pd.DataFrame, experiment: str | None = None) -> pd.Data
     rows = rows[rows["status"] == STATUS_OK]
     columns = [*POINT_KEYS, "tokens_per_s", "score", "trials"]
     if rows.empty:
-        return pd.DataFrame({c: pd.Series(dtype=results[c].dtype if c in results else "float64")
-                             for c in columns})
+        return pd.DataFrame(
+            {c: pd.Series(dtype=results[c].dtype if c in results else "float64") for c in columns}
+        )
     grouped = rows.groupby(list(POINT_KEYS), dropna=False, sort=True)
     means = grouped.agg(
         tokens_per_s=("tokens_per_s", "mean"),

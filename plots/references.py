@@ -52,7 +52,9 @@ def load_references(kind: str | None = None, directory: Path | None = None) -> p
     elif kind in REFERENCE_FILES:
         kinds = [kind]
     else:
-        raise ValueError(f"unknown reference kind {kind!r}; expected one of {list(REFERENCE_FILES)}")
+        raise ValueError(
+            f"unknown reference kind {kind!r}; expected one of {list(REFERENCE_FILES)}"
+        )
     frames = [_read(base / REFERENCE_FILES[k]) for k in kinds]
     return pd.concat(frames, ignore_index=True)
 
@@ -61,9 +63,12 @@ def reference_points(references: pd.DataFrame) -> pd.DataFrame:
     """The paper's rows shaped like :func:`plots.points.point_means` output.
 
     The paper ran the full checkpoints, so ``model`` is the paper key, ``synthetic`` is
-    False, the layer counts are NaN (no slice) and every row is one point of one "trial".
+    False, the layer counts are NaN (no slice) and every row is one ok point of one "trial"
+    (``status`` ok, empty ``error``), so claims and figures can treat it like results.
     """
     out = references.copy()
+    out["status"] = "ok"
+    out["error"] = ""
     out["model"] = out["paper_model"]
     out["synthetic"] = False
     out["layers_run"] = float("nan")

@@ -1,20 +1,21 @@
 """Read a results directory (results.csv + provenance.json) for the figures and the report.
 
-:func:`load_results` is the one place that reads measured rows. It uses the lead's
-``experiments.results_store.load_results`` when that module exists and otherwise reads
-``results.csv`` with pandas; either way the frame is normalised to typed
+:func:`load_results` is the one place that reads measured rows: it reads them through
+``experiments.results_store.load_results`` (which drops superseded rows), turns every
+problem into :class:`ResultsInputError` (a ValueError) and normalises the frame to typed
 :data:`RESULT_COLUMNS`, so the plotting code never sees raw CSV text.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from experiments.errors import HmoeError
+from experiments.results_store import load_results as store_load_results
 from experiments.schema import RESULT_COLUMNS
 
 RESULTS_CSV = "results.csv"
@@ -40,8 +41,11 @@ BOOL_COLUMNS = ("synthetic",)
 _TRUE_TEXT = {"true", "1", "yes", "y", "t"}
 
 
-class ResultsInputError(ValueError):
-    """The results directory is missing, empty, or its results.csv cannot be read."""
+class ResultsInputError(HmoeError, ValueError):
+    """The results directory is missing, empty, or its results.csv cannot be read.
+
+    A ValueError for callers, and an HmoeError so the CLI prints it as one line.
+    """
 
 
 def _to_bool(value: Any) -> bool:
@@ -70,46 +74,21 @@ def normalize_results(frame: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def _store_loader() -> Any | None:
-    """The lead's results_store.load_results, or None while it does not exist yet."""
-    try:
-        module = importlib.import_module("experiments.results_store")
-    except ModuleNotFoundError as exc:
-        if exc.name in ("experiments.results_store", "experiments"):
-            return None
-        raise
-    return getattr(module, "load_results", None)
-
-
-def _read_csv(results_dir: Path) -> pd.DataFrame:
-    path = results_dir / RESULTS_CSV
-    if not path.is_file():
-        raise ResultsInputError(f"{results_dir}: no {RESULTS_CSV} (has the run written results?)")
-    try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-    except pd.errors.EmptyDataError as exc:
-        raise ResultsInputError(f"{path}: empty file") from exc
-    except (pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
-        raise ResultsInputError(f"{path}: cannot be read as CSV: {exc}") from exc
-
-
 def load_results(results_dir: Path) -> pd.DataFrame:
-    """All rows of ``results_dir`` as a normalised DataFrame; raise ResultsInputError if none."""
+    """All current rows of ``results_dir`` as a normalised DataFrame.
+
+    Reads through the harness's results store (superseded rows dropped); raises
+    ResultsInputError when the directory or its results.csv is missing, unreadable or empty.
+    """
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise ResultsInputError(f"results directory {results_dir} does not exist")
-    loader = _store_loader()
-    if loader is None:
-        frame = _read_csv(results_dir)
-    else:
-        try:
-            frame = loader(results_dir)
-        except ResultsInputError:
-            raise
-        except (OSError, ValueError) as exc:
-            raise ResultsInputError(f"{results_dir}: cannot load results: {exc}") from exc
-    if "status" not in frame.columns:
-        raise ResultsInputError(f"{results_dir}: results have no 'status' column")
+    if not (results_dir / RESULTS_CSV).is_file():
+        raise ResultsInputError(f"{results_dir}: no {RESULTS_CSV} (has the run written results?)")
+    try:
+        frame = store_load_results(results_dir)
+    except (HmoeError, OSError, ValueError) as exc:
+        raise ResultsInputError(f"{results_dir}: cannot read results: {exc}") from exc
     if frame.empty:
         raise ResultsInputError(f"{results_dir}: results are empty (no rows)")
     return normalize_results(frame)

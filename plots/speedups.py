@@ -102,7 +102,9 @@ def best_speedup_lines(pairs: pd.DataFrame, with_model: bool = False) -> list[st
     """Short text lines: the best engine speedup per baseline and precision class."""
     if pairs.empty:
         return []
-    keys = ["model", "baseline", "precision_class"] if with_model else ["baseline", "precision_class"]
+    keys = (
+        ["model", "baseline", "precision_class"] if with_model else ["baseline", "precision_class"]
+    )
     lines = []
     for key, group in pairs.groupby(keys, sort=True):
         parts = dict(zip(keys, key, strict=True))

@@ -28,7 +28,7 @@ NOT_RUN_HATCH = "//"
 NOT_RUN_EDGE = "#9a9a9a"
 FONT_SIZE = 9
 LEGEND_FONT_SIZE = 7
-DPI = 150
+DPI = 120
 PAPER_LABEL = "paper"
 PAPER_TESTBED = "paper testbed: 2x Xeon 8452Y + A100 (full) / RTX 4080 (quantized)"
 
@@ -62,19 +62,43 @@ def new_figure(width: float, height: float) -> Figure:
 
 def mark_empty(ax: Axes, text: str) -> None:
     """Say in an axis that it has no data, instead of leaving it blank."""
-    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes,
-            fontsize=FONT_SIZE, color="#555555", wrap=True)
+    ax.text(
+        0.5,
+        0.5,
+        text,
+        ha="center",
+        va="center",
+        transform=ax.transAxes,
+        fontsize=FONT_SIZE,
+        color="#555555",
+        wrap=True,
+    )
     ax.set_xticks([])
     ax.set_yticks([])
 
 
 def mark_not_run(ax: Axes, x: float, width: float, text: str) -> None:
     """Hatch a bar slot over the whole axis height and label it (not a value)."""
-    ax.axvspan(x - width / 2, x + width / 2, fill=False, hatch=NOT_RUN_HATCH,
-               edgecolor=NOT_RUN_EDGE, linewidth=0.5)
-    ax.text(x, 0.5, text, rotation=90, ha="center", va="center", fontsize=LEGEND_FONT_SIZE,
-            color="#555555", transform=ax.get_xaxis_transform(),
-            bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1})
+    ax.axvspan(
+        x - width / 2,
+        x + width / 2,
+        fill=False,
+        hatch=NOT_RUN_HATCH,
+        edgecolor=NOT_RUN_EDGE,
+        linewidth=0.5,
+    )
+    ax.text(
+        x,
+        0.5,
+        text,
+        rotation=90,
+        ha="center",
+        va="center",
+        fontsize=LEGEND_FONT_SIZE,
+        color="#555555",
+        transform=ax.get_xaxis_transform(),
+        bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1},
+    )
 
 
 def legend_rows_height(entries: int) -> float:
@@ -88,8 +112,13 @@ def caption_height(caption: str) -> float:
 
 
 def panel_grid(
-    fig: Figure, columns: int, panel_rows: int, panel_height: float, legend_height: float,
-    caption: str, shared_legend: bool = False,
+    fig: Figure,
+    columns: int,
+    panel_rows: int,
+    panel_height: float,
+    legend_height: float,
+    caption: str,
+    shared_legend: bool = False,
 ) -> tuple[list[list[Axes]], list[Axes]]:
     """Lay out ``panel_rows`` x ``columns`` plot axes, a legend strip per column, a caption.
 
@@ -112,8 +141,16 @@ def panel_grid(
         ax.set_axis_off()
     caption_ax = fig.add_subplot(grid[panel_rows + 1, :])
     caption_ax.set_axis_off()
-    caption_ax.text(0.0, 1.0, caption, ha="left", va="top", fontsize=LEGEND_FONT_SIZE,
-                    color="#333333", transform=caption_ax.transAxes)
+    caption_ax.text(
+        0.0,
+        1.0,
+        caption,
+        ha="left",
+        va="top",
+        fontsize=LEGEND_FONT_SIZE,
+        color="#333333",
+        transform=caption_ax.transAxes,
+    )
     return panels, legends
 
 
@@ -121,8 +158,7 @@ def move_legend(source: Axes, target: Axes) -> None:
     """Draw ``source``'s legend entries in the (frameless) ``target`` axes."""
     handles, labels = source.get_legend_handles_labels()
     if handles:
-        target.legend(handles, labels, loc="upper center", fontsize=LEGEND_FONT_SIZE,
-                      frameon=False)
+        target.legend(handles, labels, loc="upper center", fontsize=LEGEND_FONT_SIZE, frameon=False)
 
 
 def panel_models(*key_sets: Iterable[object]) -> list[str]:

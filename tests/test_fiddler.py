@@ -334,35 +334,44 @@ def test_config_validation_and_threads(model_dirs):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_gpu_placement_experts_on_cpu_rest_on_cuda(model_dirs):
-    path = model_dirs["deepseek_v3"]
-    reference = _cpu_system(path)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_gpu_hybrid_matches_cpu_in_fp32(model_dirs, arch):
+    reference = _cpu_system(model_dirs[arch])
     expected = reference.forward_logits(PROMPT)
     greedy = reference.decode(PROMPT, 6).token_ids
     reference.close()
-    exact = FiddlerSystem({"device": "cuda"})
-    exact.load(_spec(path), "fp32")
-    torch.testing.assert_close(exact.forward_logits(PROMPT), expected, rtol=1e-4, atol=1e-4)
-    assert exact.decode(PROMPT, 6).token_ids == greedy
-    exact.close()
+    system = FiddlerSystem({"device": "cuda"})
+    system.load(_spec(model_dirs[arch]), "fp32")
+    assert system.describe()["expert_hooks"] == LAYERS - DENSE_LAYERS
+    torch.testing.assert_close(system.forward_logits(PROMPT), expected, rtol=1e-4, atol=1e-4)
+    assert system.decode(PROMPT, 6).token_ids == greedy
+    system.close()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_placement_experts_on_cpu_rest_on_cuda(model_dirs):
+    path = model_dirs["qwen2_moe"]
+    reference = _cpu_system(path)
+    expected = reference.forward_logits(PROMPT)
+    reference.close()
     system = FiddlerSystem({"device": "auto"})
     system.load(_spec(path), "bf16")
     model = system._model
     routed = {id(p) for g in find_routed_experts(model) for p in g.parameters()}
     assert routed and all(p.device.type == "cpu" for p in model.parameters() if id(p) in routed)
     others = [p for p in model.parameters() if id(p) not in routed]
-    assert all(p.device.type == "cuda" for p in others)
+    assert others and all(p.device.type == "cuda" for p in others)
     assert all(b.device.type == "cuda" for b in model.buffers())
     facts = system.describe()
     assert set(facts["other_params_by_device"]) == {"cuda:0"}
-    assert facts["expert_hooks"] == LAYERS - DENSE_LAYERS
-    logits = system.forward_logits(PROMPT)
-    scale = expected.abs().max()
-    assert (logits - expected).abs().max() <= 0.05 * scale
+    assert set(facts["expert_params_by_device"]) == {"cpu"}
+    assert json.dumps(facts, default=str)
+    logits = system.forward_logits(PROMPT)  # bf16 on GPU + CPU against fp32 on the CPU
+    assert (logits - expected).abs().max() <= 0.05 * expected.abs().max()
     assert system.prefill(PROMPT).seconds > 0
     assert len(system.decode(PROMPT, 4).token_ids) == 4
     system.close()
-    assert json.dumps(facts, default=str)
 
 
 def test_reload_replaces_previous_model(model_dirs):

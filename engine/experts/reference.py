@@ -23,7 +23,9 @@ class ReferenceExpertBackend(ExpertBackend):
 
     def __init__(self, precision: str = "bf16", group_size: int = 32) -> None:
         if precision not in PRECISIONS:
-            raise EngineError(f"unknown expert precision {precision!r}; expected one of {PRECISIONS}")
+            raise EngineError(
+                f"unknown expert precision {precision!r}; expected one of {PRECISIONS}"
+            )
         self.precision = precision
         self.group_size = group_size
         self._layers: dict[int, list[tuple[QuantizedWeight, QuantizedWeight, QuantizedWeight]]] = {}
@@ -90,7 +92,9 @@ class ReferenceExpertBackend(ExpertBackend):
             rows = tokens[start : start + count]
             x = hidden[rows]
             gate_w, up_w, down_w = experts[expert]
-            act = F.silu(F.linear(x, gate_w.dequantize(dtype))) * F.linear(x, up_w.dequantize(dtype))
+            act = F.silu(F.linear(x, gate_w.dequantize(dtype))) * F.linear(
+                x, up_w.dequantize(dtype)
+            )
             y = F.linear(act, down_w.dequantize(dtype))
             out.index_add_(0, rows, y.to(torch.float32) * slot_weights[start : start + count, None])
             start += count

@@ -47,9 +47,7 @@ class ImmediateExpertRunner:
         weights: torch.Tensor,
     ) -> torch.Tensor:
         cpu = torch.device("cpu")
-        out = self.backend.forward(
-            layer_idx, hidden.to(cpu), expert_ids.to(cpu), weights.to(cpu)
-        )
+        out = self.backend.forward(layer_idx, hidden.to(cpu), expert_ids.to(cpu), weights.to(cpu))
         return out.to(hidden.device)
 
 

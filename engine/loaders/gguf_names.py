@@ -73,7 +73,9 @@ _LAYER_ARCH = {
 
 _HF_LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 _GGUF_LAYER_RE = re.compile(r"^blk\.(\d+)\.(.+)$")
-_HF_EXPERT_RE = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate|up|down)_proj\.weight$")
+_HF_EXPERT_RE = re.compile(
+    r"^model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate|up|down)_proj\.weight$"
+)
 _GGUF_EXPERT_RE = re.compile(r"^blk\.(\d+)\.ffn_(gate|up|down)_exps\.weight$")
 
 
@@ -81,7 +83,8 @@ def check_arch(arch: str, where: str) -> None:
     """Raise UnsupportedModelError unless ``arch`` is one this project maps."""
     if arch not in SUPPORTED_ARCHES:
         raise UnsupportedModelError(
-            f"{where}: architecture {arch!r} is not supported (supported: {', '.join(SUPPORTED_ARCHES)})"
+            f"{where}: architecture {arch!r} is not supported "
+            f"(supported: {', '.join(SUPPORTED_ARCHES)})"
         )
 
 

@@ -32,7 +32,9 @@ def _open_reader(path: Path) -> GGUFReader:
     try:
         reader = GGUFReader(path, "r")
     except Exception as exc:  # the reader raises ValueError/IndexError/... on damaged files
-        raise WeightsError(f"{path}: not a readable GGUF file (truncated or corrupt): {exc}") from exc
+        raise WeightsError(
+            f"{path}: not a readable GGUF file (truncated or corrupt): {exc}"
+        ) from exc
     size = path.stat().st_size
     for t in reader.tensors:
         if int(t.data_offset) + int(t.n_bytes) > size or t.data.nbytes != int(t.n_bytes):
@@ -76,9 +78,12 @@ def _rope_fields(meta: _Meta, theta: float, deepseek: bool) -> dict[str, Any]:
         orig = meta.get("{arch}.rope.scaling.original_context_length")
         if orig is not None:
             scaling["original_max_position_embeddings"] = int(orig)
-        for key, hf in (("yarn_beta_fast", "beta_fast"), ("yarn_beta_slow", "beta_slow"),
-                        ("yarn_ext_factor", "extrapolation_factor"),
-                        ("yarn_attn_factor", "attention_factor")):
+        for key, hf in (
+            ("yarn_beta_fast", "beta_fast"),
+            ("yarn_beta_slow", "beta_slow"),
+            ("yarn_ext_factor", "extrapolation_factor"),
+            ("yarn_attn_factor", "attention_factor"),
+        ):
             val = meta.get("{arch}.rope.scaling." + key)
             if val is not None:
                 scaling[hf] = float(val)
@@ -138,10 +143,15 @@ def qwen2moe_config(meta: _Meta, shapes: dict[str, tuple[int, ...]]) -> dict[str
         ),
         intermediate_size=int(meta.get("{arch}.feed_forward_length", 0)) or None,
         moe_intermediate_size=_ff_len(
-            meta, "{arch}.expert_feed_forward_length", shapes, f"blk.{first_moe}.ffn_gate_exps.weight"
+            meta,
+            "{arch}.expert_feed_forward_length",
+            shapes,
+            f"blk.{first_moe}.ffn_gate_exps.weight",
         ),
         shared_expert_intermediate_size=_ff_len(
-            meta, "{arch}.expert_shared_feed_forward_length", shapes,
+            meta,
+            "{arch}.expert_shared_feed_forward_length",
+            shapes,
             f"blk.{first_moe}.ffn_gate_shexp.weight",
         ),
         num_experts=int(meta.get("{arch}.expert_count")),
@@ -234,7 +244,8 @@ class GGUFSource:
                     self._add(names.hf_expert_name(layer, e, proj), ("expert", gname, e), shape[1:])
                 continue
             if gname.endswith(".attn_k_b.weight"):
-                self._add_split_kv_b(gname, shapes)
+                if gname.replace(".attn_k_b.", ".attn_kv_b.") not in shapes:  # fused one wins
+                    self._add_split_kv_b(gname, shapes)
                 continue
             if gname.endswith(".attn_v_b.weight"):
                 continue
@@ -252,7 +263,9 @@ class GGUFSource:
     def _add_split_kv_b(self, k_name: str, shapes: dict[str, tuple[int, ...]]) -> None:
         v_name = k_name.replace(".attn_k_b.", ".attn_v_b.")
         if v_name not in shapes:
-            raise WeightsError(f"{self.path}: tensor {v_name!r} is missing (its pair {k_name!r} exists)")
+            raise WeightsError(
+                f"{self.path}: tensor {v_name!r} is missing (its pair {k_name!r} exists)"
+            )
         n_head, kv_lora, nope = shapes[k_name]
         v_head = shapes[v_name][1]
         layer = int(k_name.split(".")[1])
@@ -289,7 +302,9 @@ class GGUFSource:
         out = out.reshape(self._shapes[name])
         return out if dtype is None else out.to(dtype)
 
-    def load_stacked(self, layer: int, which: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+    def load_stacked(
+        self, layer: int, which: str, dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
         """A layer's routed experts for one projection as one [E, out, in] tensor."""
         gname = names.gguf_experts_name(layer, names.normalize_proj(which))
         if gname not in self._tensors:
@@ -329,4 +344,3 @@ class GGUFSource:
         if not arr.flags.writeable or arr.dtype != np.float32:
             arr = np.array(arr, dtype=np.float32)
         return torch.from_numpy(arr)
-

@@ -38,7 +38,7 @@ class SafetensorsSource:
         self._file_of: dict[str, Path] = {}
         for file in files:
             handle = self._open(file)
-            for name in handle.keys():
+            for name in handle.keys():  # noqa: SIM118 - safe_open is not a dict
                 self._file_of[name] = file
         self._check_index(files)
         self._names = [
@@ -97,7 +97,9 @@ class SafetensorsSource:
             raise UnsupportedModelError(
                 f"tensor {name!r} is FP8 block-quantized; FP8 checkpoints are not supported yet"
             ) from None
-        return fp8.dequant_fp8_block(tensor, self.load(name + SCALE_SUFFIX))
+        block = (self.config.get("quantization_config") or {}).get("weight_block_size")
+        block = (int(block[0]), int(block[1])) if block else (128, 128)
+        return fp8.dequant_fp8_block(tensor, self.load(name + SCALE_SUFFIX), block)
 
     def close(self) -> None:
         self._handles.clear()

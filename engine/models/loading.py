@@ -35,7 +35,9 @@ class TensorFetcher:
     def has(self, name: str) -> bool:
         return name in self._names
 
-    def cpu(self, name: str, shape: tuple[int, ...], dtype: torch.dtype | None = None) -> torch.Tensor:
+    def cpu(
+        self, name: str, shape: tuple[int, ...], dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
         """``name`` on the CPU, in the checkpoint's dtype unless ``dtype`` is given."""
         if name not in self._names:
             raise WeightsError(f"tensor {name!r} is missing from {self.source.path}")

@@ -88,7 +88,12 @@ class MoECausalLM:
         c = self.config
         if c.is_mla:
             return KVCache.for_mla(
-                self.num_layers, max_seq, c.kv_lora_rank, c.qk_rope_head_dim, self.dtype, self.device
+                self.num_layers,
+                max_seq,
+                c.kv_lora_rank,
+                c.qk_rope_head_dim,
+                self.dtype,
+                self.device,
             )
         return KVCache.for_gqa(
             self.num_layers, max_seq, c.num_kv_heads, c.head_dim, self.dtype, self.device

@@ -10,7 +10,7 @@ from engine.models.config import RopeConfig, yarn_mscale
 
 
 def rope_frequencies(cfg: RopeConfig) -> tuple[torch.Tensor, float]:
-    """Inverse frequencies ``[dim // 2]`` (float32) and the cos/sin scale (YaRN attention factor)."""
+    """Inverse frequencies ``[dim // 2]`` (float32) and the cos/sin scale (YaRN attn factor)."""
     dim = cfg.dim
     pos_freqs = cfg.theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim)
     if cfg.kind == "default":
@@ -37,7 +37,9 @@ def rope_frequencies(cfg: RopeConfig) -> tuple[torch.Tensor, float]:
         high += 0.001
     ramp = torch.clamp((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low), 0, 1)
     extrapolation = 1 - ramp
-    inv_freq = (1.0 / (factor * pos_freqs)) * (1 - extrapolation) + (1.0 / pos_freqs) * extrapolation
+    inv_freq = (1.0 / (factor * pos_freqs)) * (1 - extrapolation) + (
+        1.0 / pos_freqs
+    ) * extrapolation
     return inv_freq, float(attention_factor)
 
 

@@ -90,9 +90,7 @@ class DeepseekV3Router:
         choice = scores + self.correction_bias.to(torch.float32)
         experts = scores.shape[-1]
         groups = choice.view(-1, self.n_group, experts // self.n_group).topk(2, dim=-1)[0].sum(-1)
-        choice = choice.masked_fill(
-            ~_group_mask(groups, self.topk_group, experts), float("-inf")
-        )
+        choice = choice.masked_fill(~_group_mask(groups, self.topk_group, experts), float("-inf"))
         ids = torch.topk(choice, k=self.top_k, dim=-1).indices
         weights = scores.gather(1, ids)
         if self.norm_topk_prob:

@@ -1,4 +1,4 @@
-"""Synthetic models: real-format Hugging Face directories with seeded weights, used without checkpoints."""
+"""Synthetic models: real-format Hugging Face directories with seeded weights (no checkpoint)."""
 
 from __future__ import annotations
 
@@ -50,13 +50,14 @@ def _fitting_layers(
     disk_bytes: int,
     cap: int | None,
     dims: dict[str, Any] | None,
-    already_on_disk: set[int] = frozenset(),  # type: ignore[assignment]
+    already_on_disk: frozenset[int] | set[int] = frozenset(),
 ) -> int:
     check_architecture(architecture)
     top = min(cap or SLICE_LAYER_CAP[architecture], REAL_LAYERS[architecture])
     for n in range(top, 0, -1):
         size = slice_bytes(architecture, n, dims)
-        if size <= MEMORY_SHARE * mem_bytes and (n in already_on_disk or size <= DISK_SHARE * disk_bytes):
+        fits_disk = n in already_on_disk or size <= DISK_SHARE * disk_bytes
+        if size <= MEMORY_SHARE * mem_bytes and fits_disk:
             return n
     one = slice_bytes(architecture, 1, dims)
     raise EngineError(
@@ -97,13 +98,11 @@ def _auto_slice_layers(req: SyntheticRequest, cache_dir: Path, corpus: Corpus) -
     import psutil
 
     check_architecture(req.architecture)
-    on_disk = {
-        n
-        for n in range(1, REAL_LAYERS[req.architecture] + 1)
-        if is_complete(
-            cache_dir / entry_name(req, build_config(req.architecture, "slice", n, req.dims), corpus)
-        )
-    }
+    def cached(n: int) -> bool:
+        config = build_config(req.architecture, "slice", n, req.dims)
+        return is_complete(cache_dir / entry_name(req, config, corpus))
+
+    on_disk = {n for n in range(1, REAL_LAYERS[req.architecture] + 1) if cached(n)}
     probe = cache_dir if cache_dir.exists() else next(
         (p for p in cache_dir.parents if p.exists()), Path("/")
     )

@@ -1,4 +1,4 @@
-"""Writes a synthetic model directory (config, shards, tokenizer, metadata) into the cache, atomically."""
+"""Writes a synthetic model dir (config, shards, tokenizer, metadata) into the cache, atomically."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.synthetic.layout import TensorSpec, iter_tensor_specs
-from engine.synthetic.presets import REAL_LAYERS, SOURCE_CHECKPOINT, STANDS_FOR, build_config
+from engine.synthetic.layout import iter_tensor_specs
+from engine.synthetic.presets import REAL_LAYERS, SOURCE_CHECKPOINT, STANDS_FOR
 from engine.synthetic.safetensors_writer import (
     DEFAULT_MAX_SHARD_BYTES,
     INDEX_NAME,
@@ -58,7 +58,8 @@ def entry_name(req: SyntheticRequest, config: dict[str, Any], corpus: Corpus) ->
     """Readable cache directory name, e.g. ``qwen2_moe-tiny-L4-s0-1a2b3c4d``."""
     skew = f"-z{req.routing_skew:g}" if req.routing_skew else ""
     layers = config["num_hidden_layers"]
-    return f"{req.architecture}-{req.kind}-L{layers}-s{req.seed}{skew}-{_cache_key(req, config, corpus)}"
+    key = _cache_key(req, config, corpus)
+    return f"{req.architecture}-{req.kind}-L{layers}-s{req.seed}{skew}-{key}"
 
 
 def is_complete(model_dir: Path) -> bool:
@@ -108,17 +109,14 @@ def _write_entry(
     recipe = WeightRecipe(req.seed, config["hidden_size"], req.routing_skew)
     total = sum(s.nbytes for s in specs)
 
-    def chunks(spec: TensorSpec):  # type: ignore[no-untyped-def]
-        return recipe.chunks(spec)
-
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                   desc=f"synth {tmp.name.split('.tmp-')[-1][:40]}")
+                   desc=f"synth {tmp.name.removeprefix('.tmp-').rsplit('-', 1)[0]}")
     try:
-        write_sharded(tmp, shards, chunks, on_bytes=bar.update if bar else None)
+        write_sharded(tmp, shards, recipe.chunks, on_bytes=bar.update if bar else None)
     finally:
         if bar is not None:
             bar.close()
@@ -143,6 +141,7 @@ def generate(
     tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".tmp-{final.name}-"))
     try:
         _write_entry(tmp, req, config, corpus, cache_dir, max_shard_bytes, progress)
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache entry is meant to be shared
         try:
             os.rename(tmp, final)
         except OSError:

@@ -92,12 +92,15 @@ def _qwen2_mlp(p: str, c: dict[str, Any], layer: int, is_moe: bool) -> list[Tens
     specs = [_router(f"{p}.gate.weight", c["num_experts"], h, layer)]
     for e in range(c["num_experts"]):
         specs += _mlp(f"{p}.experts.{e}", h, c["moe_intermediate_size"], layer, OUTPUT_SCALE)
-    specs += _mlp(f"{p}.shared_expert", h, c["shared_expert_intermediate_size"], layer, OUTPUT_SCALE)
+    shared = c["shared_expert_intermediate_size"]
+    specs += _mlp(f"{p}.shared_expert", h, shared, layer, OUTPUT_SCALE)
     specs.append(_linear(f"{p}.shared_expert_gate.weight", 1, h, layer=layer))
     return specs
 
 
-def _deepseek_mlp(p: str, c: dict[str, Any], layer: int, is_moe: bool, v3: bool) -> list[TensorSpec]:
+def _deepseek_mlp(
+    p: str, c: dict[str, Any], layer: int, is_moe: bool, v3: bool
+) -> list[TensorSpec]:
     h = c["hidden_size"]
     if not is_moe:
         return _mlp(p, h, c["intermediate_size"], layer, OUTPUT_SCALE)

@@ -245,7 +245,8 @@ def _validate(architecture: str, config: dict[str, Any]) -> None:
 
     for key, value in config.items():
         if key.endswith(("_size", "_dim", "_heads", "_rank", "_experts")) and value is not None:
-            need(isinstance(value, int) and value >= 1, f"{key} must be a positive int, got {value!r}")
+            need(isinstance(value, int) and value >= 1,
+                 f"{key} must be a positive int, got {value!r}")
     need(config["hidden_size"] % config["num_attention_heads"] == 0,
          "hidden_size must be a multiple of num_attention_heads")
     need(config["num_attention_heads"] % config["num_key_value_heads"] == 0,

@@ -27,7 +27,7 @@ class TensorEntry(Protocol):
 
 
 def plan_shards(entries: Iterable[TensorEntry], max_shard_bytes: int) -> list[list[TensorEntry]]:
-    """Group tensors in order into shards of at most ``max_shard_bytes`` (a bigger tensor: alone)."""
+    """Group tensors in order into shards of at most ``max_shard_bytes`` (bigger tensor: alone)."""
     if max_shard_bytes < 1:
         raise WeightsError(f"max_shard_bytes must be positive, got {max_shard_bytes}")
     shards: list[list[TensorEntry]] = [[]]

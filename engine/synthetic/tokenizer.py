@@ -54,6 +54,7 @@ def trained_tokenizer_json(corpus: Corpus, vocab_size: int, cache_dir: Path) -> 
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     return json.loads(path.read_text(encoding="utf-8"))
 

@@ -1,0 +1,341 @@
+"""Judge the artifact's five claims on ratios measured within one run.
+
+Only ratios between points of the same run count (never absolute numbers against the
+paper's hardware). Each claim is PASS, FAIL, NOT RUN (points it needs are missing; the
+result says which and why) or NOT MEANINGFUL (accuracy measured on synthetic weights).
+Values are the mean over the ok trials of each point. A comparison that already
+contradicts a claim makes it FAIL even when other points are missing.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from plots.accuracy_drop import average_drops
+from plots.breakdown import BreakdownSetting, breakdown_settings
+from plots.points import point_means
+from plots.speedups import BASELINES, ENGINE, decode_speedups, prefill_speedups
+
+PASS = "PASS"
+FAIL = "FAIL"
+NOT_RUN = "NOT RUN"
+NOT_MEANINGFUL = "NOT MEANINGFUL"
+
+PREFILL_BEST_SPEEDUP_MIN = 15.0  # claim 1: best-case engine/baseline prefill ratio
+DECODE_BEST_SPEEDUP_MIN = 4.0  # claim 2: best-case engine (incl. deferral)/baseline decode ratio
+CUDA_GRAPH_PREFILL_TOLERANCE = 0.03  # claim 3: +c within +-3% of +m+d+n
+ACCURACY_MAX_AVG_DROP_PP = 1.0  # claim 5: average drop over the benchmarks, percentage points
+
+# (variant a, relation, variant b): "<" a slower than b, ">" a faster, "~" within tolerance.
+PREFILL_CHECKS = (
+    ("+v", "<", "base"),
+    ("+m", ">", "base"),
+    ("+m+d", ">", "+m"),
+    ("+m+d+n", ">", "+m+d"),
+    ("+m+d+n+c", "~", "+m+d+n"),
+)
+DECODE_CHECKS = (
+    ("+v", ">", "base"),
+    ("+m", ">", "base"),
+    ("+v", ">", "+m"),
+    ("+v+d", ">", "+v"),
+    ("+v+d+n", ">", "+v+d"),
+    ("+v+d+n+c", ">", "+v+d+n"),
+)
+
+TITLES = {
+    1: "Prefill: engine beats both baselines at every prompt length; best case >= "
+    f"{PREFILL_BEST_SPEEDUP_MIN:g}x",
+    2: "Decode: engine beats both baselines, deferral adds more; best case >= "
+    f"{DECODE_BEST_SPEEDUP_MIN:g}x",
+    3: "Prefill breakdown: +v < base; +m > base; +d, +n add; +c within "
+    f"{CUDA_GRAPH_PREFILL_TOLERANCE:.0%}",
+    4: "Decode breakdown: +v, +m > base; +v > +m; +d, +n, +c each add",
+    5: f"Accuracy: average drop from expert deferral <= {ACCURACY_MAX_AVG_DROP_PP:g} pp",
+}
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    """One claim's verdict, the ratios it rests on, and a one-line explanation."""
+
+    number: int
+    title: str
+    status: str
+    ratios: dict[str, float] = field(default_factory=dict)
+    explanation: str = ""
+    missing: tuple[str, ...] = ()
+
+
+def _reason(rows: pd.DataFrame) -> str:
+    """' (why)' from the most common error of rows that did not run ok, else ''."""
+    errors = [str(e) for e in rows.loc[rows["status"] != "ok", "error"] if str(e).strip()]
+    if errors:
+        return f" ({Counter(errors).most_common(1)[0][0]})"
+    if rows.empty:
+        return " (not in this run)"
+    return ""
+
+
+def _missing_pair(rows: pd.DataFrame, model: str, baseline: str, what: str) -> str:
+    mine = rows[rows["model"] == model]
+    engine = mine[mine["system"] == ENGINE]
+    other = mine[mine["system"] == baseline]
+    if not (engine["status"] == "ok").any():
+        why = f"engine{_reason(engine)}"
+    elif not (other["status"] == "ok").any():
+        why = f"{baseline}{_reason(other)}"
+    else:
+        why = "no point matched in model, precision class" + (
+            " and prompt length" if what == "prefill" else ""
+        )
+    return f"engine vs {baseline} {what} on {model}: {why}"
+
+
+def _verdict(
+    number: int,
+    ratios: dict[str, float],
+    failures: list[str],
+    missing: list[str],
+    best: float | None,
+    threshold: float | None,
+    ok_text: str,
+) -> ClaimResult:
+    """FAIL on any contradiction, else NOT RUN on missing points, else the threshold."""
+    if failures:
+        return ClaimResult(
+            number, TITLES[number], FAIL, ratios, "; ".join(failures), tuple(missing)
+        )
+    if missing:
+        text = "required points missing: " + "; ".join(missing)
+        return ClaimResult(number, TITLES[number], NOT_RUN, ratios, text, tuple(missing))
+    if threshold is not None and not (best is not None and best >= threshold):
+        text = f"best-case speedup {best:.2f}x is below {threshold:g}x"  # NaN: no pairs
+        return ClaimResult(number, TITLES[number], FAIL, ratios, text)
+    return ClaimResult(number, TITLES[number], PASS, ratios, ok_text)
+
+
+def _speedup_ratios(
+    pairs: pd.DataFrame, ratios: dict[str, float], failures: list[str], what: str
+) -> None:
+    for (model, baseline, pclass), group in pairs.groupby(
+        ["model", "baseline", "precision_class"], sort=True
+    ):
+        name = f"{model} engine/{baseline} {what} ({pclass})"
+        ratios[f"{name} worst"] = float(group["speedup"].min())
+        ratios[f"{name} best"] = float(group["speedup"].max())
+        losing = group[group["speedup"] <= 1.0]
+        if losing.empty:
+            continue
+        if what == "prefill":
+            where = ", ".join(str(int(x)) for x in sorted(losing["prompt_tokens"].unique()))
+            failures.append(
+                f"{model}: engine not faster than {baseline} ({pclass}) at prompt "
+                f"length(s) {where} (worst {losing['speedup'].min():.2f}x)"
+            )
+        else:
+            failures.append(
+                f"{model}: engine k+0 not faster than {baseline} ({pclass}): "
+                f"{losing['speedup'].min():.2f}x"
+            )
+
+
+def judge_prefill(results: pd.DataFrame) -> ClaimResult:
+    """Claim 1 on the run's prefill points."""
+    rows = results[results["experiment"] == "prefill"]
+    pairs = prefill_speedups(point_means(results, "prefill"))
+    ratios: dict[str, float] = {}
+    failures: list[str] = []
+    _speedup_ratios(pairs, ratios, failures, "prefill")
+    models = sorted(m for m in rows["model"].unique() if m)
+    missing = [] if models else ["no prefill points in this run"]
+    for model in models:
+        for baseline in BASELINES:
+            if pairs[(pairs["model"] == model) & (pairs["baseline"] == baseline)].empty:
+                missing.append(_missing_pair(rows, model, baseline, "prefill"))
+    best = float(pairs["speedup"].max()) if not pairs.empty else float("nan")
+    text = (
+        f"engine faster than both baselines at all {len(pairs)} matched points; "
+        f"best case {best:.2f}x >= {PREFILL_BEST_SPEEDUP_MIN:g}x"
+    )
+    return _verdict(1, ratios, failures, missing, best, PREFILL_BEST_SPEEDUP_MIN, text)
+
+
+def _deferral_gains(
+    engine: pd.DataFrame, ratios: dict[str, float], failures: list[str]
+) -> set[str]:
+    """Best deferral config / k+0 per engine model x precision; returns models with a pair."""
+    covered = set()
+    deferred = engine["deferred_experts"].fillna(0)
+    for (model, _layers, precision), group in engine.assign(deferred=deferred).groupby(
+        ["model", "layers_run", "precision"], dropna=False, sort=True
+    ):
+        plain = group[group["deferred"] == 0]
+        with_deferral = group[group["deferred"] > 0]
+        if plain.empty or with_deferral.empty:
+            continue
+        covered.add(model)
+        gain = float(with_deferral["tokens_per_s"].max() / plain["tokens_per_s"].max())
+        ratios[f"{model} {precision} deferral/k+0"] = gain
+        if gain <= 1.0:
+            failures.append(f"{model} {precision}: expert deferral does not add ({gain:.2f}x)")
+    return covered
+
+
+def judge_decode(results: pd.DataFrame) -> ClaimResult:
+    """Claim 2 on the run's decode points."""
+    rows = results[results["experiment"] == "decode"]
+    points = point_means(results, "decode")
+    pairs = decode_speedups(points)
+    plain_pairs = pairs[pairs["deferred_experts"].fillna(0) == 0]
+    ratios: dict[str, float] = {}
+    failures: list[str] = []
+    _speedup_ratios(plain_pairs, ratios, failures, "decode k+0")
+    covered = _deferral_gains(points[points["system"] == ENGINE], ratios, failures)
+    models = sorted(m for m in rows["model"].unique() if m)
+    missing = [] if models else ["no decode points in this run"]
+    for model in models:
+        for baseline in BASELINES:
+            mine = plain_pairs[
+                (plain_pairs["model"] == model) & (plain_pairs["baseline"] == baseline)
+            ]
+            if mine.empty:
+                missing.append(_missing_pair(rows, model, baseline, "decode k+0"))
+        if model not in covered:
+            engine_rows = rows[(rows["model"] == model) & (rows["system"] == ENGINE)]
+            missing.append(
+                f"engine k+0 and deferral (N+D, D > 0) decode at one precision on "
+                f"{model}{_reason(engine_rows)}"
+            )
+    best = float(pairs["speedup"].max()) if not pairs.empty else float("nan")
+    if not pairs.empty:
+        ratios["best engine (incl. deferral)/baseline"] = best
+    text = (
+        f"engine k+0 faster than both baselines, deferral adds on top; best case "
+        f"{best:.2f}x >= {DECODE_BEST_SPEEDUP_MIN:g}x"
+    )
+    return _verdict(2, ratios, failures, missing, best, DECODE_BEST_SPEEDUP_MIN, text)
+
+
+def _setting_name(setting: BreakdownSetting, settings: list[BreakdownSetting]) -> str:
+    if sum(s.model == setting.model for s in settings) == 1:
+        return setting.model
+    key = setting.key
+    workload = key["prompt_tokens"] if setting.stage == "prefill" else key["decode_tokens"]
+    return f"{setting.model} {key['precision']} {setting.stage} {workload:g}"
+
+
+def _check(a: float, relation: str, b: float) -> bool:
+    if relation == "<":
+        return a < b
+    if relation == ">":
+        return a > b
+    return abs(a / b - 1.0) <= CUDA_GRAPH_PREFILL_TOLERANCE
+
+
+def _judge_breakdown(
+    results: pd.DataFrame, stage: str, number: int, checks: tuple[tuple[str, str, str], ...]
+) -> ClaimResult:
+    settings = breakdown_settings(results, stage)
+    ratios: dict[str, float] = {}
+    failures: list[str] = []
+    missing = [] if settings else [f"no {stage} breakdown points in this run"]
+    expected = {
+        "<": "slower than",
+        ">": "faster than",
+        "~": f"within {CUDA_GRAPH_PREFILL_TOLERANCE:.0%} of",
+    }
+    for setting in settings:
+        name = _setting_name(setting, settings)
+        for a, relation, b in checks:
+            absent = [v for v in (a, b) if v not in setting.values]
+            if absent:
+                why = ", ".join(
+                    f"{v} {setting.missing[v][0]} ({setting.missing[v][1]})" for v in absent
+                )
+                missing.append(f"{name}: {a} vs {b}: {why}")
+                continue
+            ratio = setting.values[a] / setting.values[b]
+            ratios[f"{name} {a}/{b}"] = ratio
+            if not _check(setting.values[a], relation, setting.values[b]):
+                failures.append(
+                    f"{name}: {a}/{b} = {ratio:.3f}x, expected {a} {expected[relation]} {b}"
+                )
+    text = f"all {len(ratios)} breakdown comparisons hold"
+    return _verdict(number, ratios, failures, missing, None, None, text)
+
+
+def judge_prefill_breakdown(results: pd.DataFrame) -> ClaimResult:
+    """Claim 3 on the run's prefill breakdown points."""
+    return _judge_breakdown(results, "prefill", 3, PREFILL_CHECKS)
+
+
+def judge_decode_breakdown(results: pd.DataFrame) -> ClaimResult:
+    """Claim 4 on the run's decode breakdown points."""
+    return _judge_breakdown(results, "decode", 4, DECODE_CHECKS)
+
+
+def judge_accuracy(results: pd.DataFrame) -> ClaimResult:
+    """Claim 5 on the run's accuracy points (synthetic weights: NOT MEANINGFUL)."""
+    rows = results[results["experiment"] == "accuracy"]
+    drops = average_drops(point_means(results, "accuracy"))
+    ratios = {
+        f"{r.model} {r.precision} {int(r.immediate_experts)}+{int(r.deferred_experts)} "
+        f"avg drop pp over {int(r.tasks)} task(s)": float(r.avg_drop_pp)
+        for r in drops.itertuples()
+    }
+    real = drops[~drops["synthetic"].astype(bool)]
+    if not real.empty:
+        over = real[real["avg_drop_pp"] > ACCURACY_MAX_AVG_DROP_PP]
+        if over.empty:
+            worst = real["avg_drop_pp"].max()
+            return ClaimResult(
+                5,
+                TITLES[5],
+                PASS,
+                ratios,
+                f"largest average drop {worst:.2f} pp <= {ACCURACY_MAX_AVG_DROP_PP:g} pp",
+            )
+        text = "; ".join(
+            f"{r.model} {r.precision}: average drop {r.avg_drop_pp:.2f} pp > "
+            f"{ACCURACY_MAX_AVG_DROP_PP:g} pp"
+            for r in over.itertuples()
+        )
+        return ClaimResult(5, TITLES[5], FAIL, ratios, text)
+    if not drops.empty:
+        return ClaimResult(
+            5,
+            TITLES[5],
+            NOT_MEANINGFUL,
+            ratios,
+            "accuracy was measured only on synthetic (random-weight) models; "
+            "their scores say nothing about deferral's accuracy cost",
+        )
+    models = sorted(m for m in rows["model"].unique() if m)
+    missing = [
+        f"k+0 and deferral scores on the same task for {m}{_reason(rows[rows['model'] == m])}"
+        for m in models
+    ]
+    missing = missing or ["no accuracy points in this run"]
+    return ClaimResult(
+        5,
+        TITLES[5],
+        NOT_RUN,
+        ratios,
+        "required points missing: " + "; ".join(missing),
+        tuple(missing),
+    )
+
+
+def evaluate_claims(results: pd.DataFrame) -> list[ClaimResult]:
+    """All five claims, in order, judged on ``results`` (result rows of one run)."""
+    return [
+        judge_prefill(results),
+        judge_decode(results),
+        judge_prefill_breakdown(results),
+        judge_decode_breakdown(results),
+        judge_accuracy(results),
+    ]

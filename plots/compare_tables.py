@@ -1,0 +1,165 @@
+"""Measured-vs-paper Markdown tables for prefill, decode and the breakdown (report body).
+
+Each table has one row per point this run defined (measured, not run or failed) with the
+paper's number for the same model, system, precision and workload beside it. Paper-only
+points are left out here; they are in the figures and in reference_results/.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from plots.breakdown import STAGE_VARIANTS, breakdown_settings
+from plots.describe import experts_label, run_model_label
+from plots.markdown import DASH, md_table, number
+from plots.points import is_slice, point_means, unmeasured_points
+from plots.references import reference_points
+from plots.style import system_name
+
+
+def _points_with_status(results: pd.DataFrame, experiment: str) -> pd.DataFrame:
+    rows = results[results["experiment"] == experiment]
+    ok = point_means(rows).assign(status="ok")
+    missing = unmeasured_points(rows).assign(tokens_per_s=float("nan"))
+    return pd.concat([ok, missing], ignore_index=True)
+
+
+def _paper_value(paper: pd.DataFrame, point: pd.Series, columns: list[str]) -> float | None:
+    same = paper
+    for column in columns:
+        same = same[same[column] == point[column]]
+    return None if same.empty else float(same["tokens_per_s"].iloc[0])
+
+
+def _measured_text(point: pd.Series) -> str:
+    if point["status"] != "ok":
+        return f"{point['status'].replace('_', ' ')}: {point['error']}"
+    return f"{point['tokens_per_s']:.2f} ({int(point['trials'])} trial(s))"
+
+
+def _model_text(point: pd.Series) -> str:
+    return run_model_label(
+        point["model"], bool(point["synthetic"]), point["layers_run"], point["layers_total"]
+    )
+
+
+def prefill_table(results: pd.DataFrame, references: pd.DataFrame) -> str:
+    """Prefill tokens/s per measured point beside the paper's (same precision and length)."""
+    points = _points_with_status(results, "prefill")
+    paper = references[references["experiment"] == "prefill"]
+    match = ["paper_model", "system", "precision", "prompt_tokens"]
+    rows = []
+    for _, p in points.sort_values(
+        ["paper_model", "model", "system", "precision", "prompt_tokens"]
+    ).iterrows():
+        projection = DASH
+        if p["status"] == "ok" and is_slice(p["layers_run"], p["layers_total"]):
+            projection = number(p["tokens_per_s"] * p["layers_run"] / p["layers_total"])
+        rows.append(
+            [
+                p["paper_model"],
+                _model_text(p),
+                system_name(p["system"]),
+                p["precision"],
+                int(p["prompt_tokens"]) if pd.notna(p["prompt_tokens"]) else DASH,
+                _measured_text(p),
+                projection,
+                number(_paper_value(paper, p, match)),
+            ]
+        )
+    headers = [
+        "paper model",
+        "run model",
+        "system",
+        "precision",
+        "prompt tokens",
+        "measured tokens/s",
+        "projected full model tokens/s",
+        "paper tokens/s",
+    ]
+    return md_table(headers, rows)
+
+
+def decode_table(results: pd.DataFrame, references: pd.DataFrame) -> str:
+    """Decode tokens/s per measured configuration beside the paper's."""
+    points = _points_with_status(results, "decode")
+    paper = references[references["experiment"] == "decode"]
+    match = ["paper_model", "system", "precision", "immediate_experts", "deferred_experts"]
+    rows = []
+    for _, p in points.sort_values(
+        ["paper_model", "model", "system", "precision", "deferred_experts"]
+    ).iterrows():
+        rows.append(
+            [
+                p["paper_model"],
+                _model_text(p),
+                system_name(p["system"]),
+                p["precision"],
+                experts_label(p["immediate_experts"], p["deferred_experts"]) or DASH,
+                _measured_text(p),
+                number(_paper_value(paper, p, match)),
+            ]
+        )
+    headers = [
+        "paper model",
+        "run model",
+        "system",
+        "precision",
+        "experts (N+D)",
+        "measured tokens/s",
+        "paper tokens/s",
+    ]
+    return md_table(headers, rows)
+
+
+def breakdown_table(results: pd.DataFrame, references: pd.DataFrame) -> str:
+    """Per stage and setting: each variant's tokens/s and ratio to base, measured and paper."""
+    paper_rows = reference_points(references[references["experiment"] == "breakdown"])
+    rows = []
+    for stage, variants in STAGE_VARIANTS.items():
+        paper = {s.paper_model: s for s in breakdown_settings(paper_rows, stage)}
+        for setting in breakdown_settings(results, stage):
+            ref = paper.get(setting.paper_model)
+            base = setting.values.get("base")
+            ref_base = ref.values.get("base") if ref else None
+            key = setting.key
+            label = run_model_label(
+                setting.model, bool(key["synthetic"]), key["layers_run"], key["layers_total"]
+            )
+            for variant in variants:
+                value = setting.values.get(variant)
+                if value is None:
+                    status, reason = setting.missing[variant]
+                    measured, ratio = f"{status}: {reason}", DASH
+                else:
+                    measured = number(value)
+                    ratio = f"{value / base:.2f}x" if base else DASH
+                ref_value = ref.values.get(variant) if ref else None
+                ref_ratio = (
+                    f"{ref_value / ref_base:.2f}x" if ref_value is not None and ref_base else DASH
+                )
+                rows.append(
+                    [
+                        stage,
+                        setting.paper_model,
+                        label,
+                        key["precision"],
+                        variant,
+                        measured,
+                        ratio,
+                        number(ref_value),
+                        ref_ratio,
+                    ]
+                )
+    headers = [
+        "stage",
+        "paper model",
+        "run model",
+        "precision",
+        "variant",
+        "measured tokens/s",
+        "measured / base",
+        "paper tokens/s",
+        "paper / base",
+    ]
+    return md_table(headers, rows)
