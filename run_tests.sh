@@ -6,4 +6,5 @@ cd "$(dirname "$0")"
 ./run_all.sh setup --dev
 VENV="${HMOE_VENV:-.venv}"
 "$VENV/bin/ruff" check .
+"$VENV/bin/ruff" format --check .
 exec "$VENV/bin/python" -m pytest "$@"

@@ -72,8 +72,9 @@ class EngineSystem:
         merged = {**DEFAULTS, **(cfg or {})}
         for key, (supported, reason) in IMPLEMENTED_SWITCHES.items():
             if merged[key] != supported:
-                raise SystemUnavailable(f"engine {key}={merged[key]}: " + reason.format(
-                    value=merged[key]))
+                raise SystemUnavailable(
+                    f"engine {key}={merged[key]}: " + reason.format(value=merged[key])
+                )
         self.cfg = merged
         if merged["dtype"] not in DTYPES:
             raise EngineError(

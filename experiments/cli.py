@@ -83,8 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: measured points are saved; rerun the same command to resume",
-              file=sys.stderr)
+        print(
+            "interrupted: measured points are saved; rerun the same command to resume",
+            file=sys.stderr,
+        )
         return 130
 
 

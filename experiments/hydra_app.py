@@ -41,5 +41,7 @@ def job(cfg: DictConfig) -> None:
     )
     for line in summary.lines:
         print(f"   {line}")
+    for reason, count in summary.reasons.items():
+        print(f"   {reason} ({count} point(s))")
     if summary.failed:
         OUTCOME["failed"] = True

@@ -10,13 +10,13 @@ from __future__ import annotations
 import datetime as dt
 import importlib.metadata
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from experiments import hardware
+from experiments.atomic_write import atomic_write_text
 
 PROVENANCE_FILE = "provenance.json"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -83,12 +83,7 @@ def package_versions() -> dict[str, str]:
 
 
 def _atomic_write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, default=str)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2, default=str))
 
 
 def read_provenance(run_dir: Path) -> dict[str, Any]:

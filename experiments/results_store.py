@@ -20,6 +20,7 @@ from typing import Any
 
 import pandas as pd
 
+from experiments.atomic_write import atomic_write
 from experiments.errors import HmoeError
 from experiments.schema import RESULT_COLUMNS, STATUS_OK
 
@@ -143,17 +144,15 @@ class ResultsStore:
         if not self.path.exists():
             return
         df = load_results(self.run_dir)
-        tmp = self.path.with_suffix(".csv.tmp")
-        df.to_csv(tmp, index=False, columns=list(RESULT_COLUMNS))
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        columns = list(RESULT_COLUMNS)
+        atomic_write(self.path, lambda fh: df.to_csv(fh, index=False, columns=columns), newline="")
         try:
-            ptmp = self.run_dir / (PARQUET_FILE + ".tmp")
-            df.to_parquet(ptmp, index=False)
-            os.replace(ptmp, self.run_dir / PARQUET_FILE)
+            import pyarrow  # noqa: F401
         except ImportError:
-            pass  # pyarrow not installed: CSV is the canonical table
+            return  # pyarrow not installed: the CSV is the canonical table
+        atomic_write(
+            self.run_dir / PARQUET_FILE, lambda fh: df.to_parquet(fh, index=False), binary=True
+        )
 
 
 def _empty_frame() -> pd.DataFrame:

@@ -47,8 +47,9 @@ def choose_profile(overrides: list[str]) -> tuple[list[str], str]:
         return overrides, f"profile: {given} (from the command line)"
     profile, why = detect_profile()
     # Keep Hydra's positional overrides contiguous: insert next to the first one.
-    at = next((i for i, o in enumerate(overrides) if "=" in o and not o.startswith("-")),
-              len(overrides))
+    at = next(
+        (i for i, o in enumerate(overrides) if "=" in o and not o.startswith("-")), len(overrides)
+    )
     return [*overrides[:at], f"profile={profile}", *overrides[at:]], (
         f"profile: {profile} (auto: {why}; override with profile=cpu|gpu|paper)"
     )
@@ -100,14 +101,16 @@ def compose_config(overrides: list[str]):  # noqa: ANN201 - DictConfig
 def validate_overrides(overrides: list[str]) -> None:
     """Compose every value of every sweep override once, so a typo fails before any job."""
     plain = [o for o in overrides if not o.startswith("hydra")]
-    firsts = [o.split("=", 1)[0] + "=" + o.split("=", 1)[1].split(",")[0] if _is_sweep(o) else o
-              for o in plain]
+    firsts = [
+        o.split("=", 1)[0] + "=" + o.split("=", 1)[1].split(",")[0] if _is_sweep(o) else o
+        for o in plain
+    ]
     compose_config(firsts)
     for i, override in enumerate(plain):
         if _is_sweep(override):
             key, values = override.split("=", 1)
             for value in values.split(",")[1:]:
-                compose_config([*firsts[:i], f"{key}={value}", *firsts[i + 1:]])
+                compose_config([*firsts[:i], f"{key}={value}", *firsts[i + 1 :]])
 
 
 def compose_plan(mode: str, overrides: list[str]):  # noqa: ANN201 - DictConfig
@@ -169,8 +172,14 @@ def main(argv: list[str]) -> int:
         systems = _override(overrides, "system") or ",".join(cfg.mode.systems[exp])
         print(f"\n[{i}/{len(experiments)}] {STEP_TITLES.get(exp, exp)}", flush=True)
         cmd = [
-            sys.executable, "-m", "experiments.cli", "run", "-m",
-            f"experiment={exp}", f"mode={mode}", f"model={','.join(models)}",
+            sys.executable,
+            "-m",
+            "experiments.cli",
+            "run",
+            "-m",
+            f"experiment={exp}",
+            f"mode={mode}",
+            f"model={','.join(models)}",
             *[o for o in passthrough if _override([o], "system") is None],
             f"system={systems}",
         ]

@@ -46,6 +46,7 @@ class JobSummary:
     failed: int = 0
     not_run: int = 0
     lines: list[str] = field(default_factory=list)
+    reasons: dict[str, int] = field(default_factory=dict)  # "NOT RUN: why" -> points
 
 
 def _err_text(exc: BaseException) -> str:
@@ -121,7 +122,11 @@ class JobRunner:
 
     # -- recording ---------------------------------------------------------------------------
     def _record_status(
-        self, todo: list[tuple[Point, str]], status: str, error: str, spec: ModelSpec | None,
+        self,
+        todo: list[tuple[Point, str]],
+        status: str,
+        error: str,
+        spec: ModelSpec | None,
         bar: tqdm | None = None,
     ) -> None:
         stamp = provenance.utc_now()
@@ -137,10 +142,12 @@ class JobRunner:
                 bar.update(1)
         if todo:
             label = "NOT RUN" if status == STATUS_NOT_RUN else "FAILED"
-            self.summary.lines.append(f"{label} ({len(todo)} point(s)): {error}")
+            key = f"{label}: {error}"
+            self.summary.reasons[key] = self.summary.reasons.get(key, 0) + len(todo)
 
     # -- measuring ---------------------------------------------------------------------------
     def _measure(self, system: Any, point: Point, prompts: PromptSource) -> list[dict[str, Any]]:
+        self._warm_up(system, point, prompts)
         out = []
         for trial in range(self.cfg.experiment.trials):
             with Telemetry() as tel:
@@ -166,18 +173,18 @@ class JobRunner:
             )
         return out
 
-    def _warm_up(self, system: Any, points: list[Point], prompts: PromptSource) -> None:
-        first = points[0]
+    def _warm_up(self, system: Any, point: Point, prompts: PromptSource) -> None:
+        """Untimed runs of the point's own shape (first calls pay for allocations, kernels)."""
         for i in range(self.cfg.experiment.warmup):
-            if first.stage == "prefill":
-                longest = max(p.prompt_tokens for p in points)
-                system.prefill(prompts.window(longest, 1000 + i, "warmup"))
+            ids = prompts.window(point.prompt_tokens, 1000 + i, "warmup")
+            if point.stage == "prefill":
+                system.prefill(ids)
             else:
                 system.decode(
-                    prompts.window(first.prompt_tokens, 1000 + i, "warmup"),
-                    min(16, first.decode_tokens),
-                    first.immediate_experts,
-                    first.deferred_experts,
+                    ids,
+                    min(16, point.decode_tokens),
+                    point.immediate_experts,
+                    point.deferred_experts,
                 )
 
     def _run_group(
@@ -197,7 +204,6 @@ class JobRunner:
         try:
             try:
                 system.load(spec, point0.precision)
-                self._warm_up(system, [p for p, _ in group], prompts)
             except SystemUnavailable as exc:
                 self._record_status(group, STATUS_NOT_RUN, _err_text(exc), spec, bar)
                 return
@@ -252,7 +258,11 @@ class JobRunner:
         if not todo:
             return self.summary
         provenance.record_job_start(
-            self.run_dir, cfg.run, cfg.mode.name, cfg.profile.name, self.job_name,
+            self.run_dir,
+            cfg.run,
+            cfg.mode.name,
+            cfg.profile.name,
+            self.job_name,
             OmegaConf.to_container(cfg, resolve=True),
         )
         try:
@@ -281,7 +291,11 @@ class JobRunner:
             groups.setdefault(key, []).append((point, pid))
         desc = f"{cfg.experiment.name} {cfg.system.name} {cfg.model.key}"
         with tqdm(
-            total=len(todo), desc=desc, unit="pt", disable=not cfg.progress, file=sys.stderr,
+            total=len(todo),
+            desc=desc,
+            unit="pt",
+            disable=not cfg.progress,
+            file=sys.stderr,
             dynamic_ncols=True,
         ) as bar:
             start = time.perf_counter()

@@ -127,9 +127,11 @@ def load_system_class(impl: str) -> type:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        raise SystemUnavailable(
-            f"cannot import {module_name!r} for system implementation {impl!r}: {exc}"
-        ) from exc
+        if exc.name and module_name.startswith(exc.name):
+            why = f"{module_name} is not part of this version of hybrid-moe-ae"
+        else:
+            why = f"{module_name} needs the Python package {exc.name!r}, which is not installed"
+        raise SystemUnavailable(why) from exc
     try:
         return getattr(module, class_name)
     except AttributeError as exc:

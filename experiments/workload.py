@@ -18,8 +18,13 @@ from experiments.errors import HmoeError
 class PromptSource:
     """Random windows of the tokenised corpus for one model's tokenizer."""
 
-    def __init__(self, model_dir: Path, corpus: str = "auto", corpus_file: str | None = None,
-                 seed: int = 1234) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        corpus: str = "auto",
+        corpus_file: str | None = None,
+        seed: int = 1234,
+    ) -> None:
         from tokenizers import Tokenizer
 
         from engine.text_corpus import load_corpus

@@ -114,7 +114,12 @@ def _model_kind(row: pd.Series) -> str:
 def model_lines(results: pd.DataFrame) -> list[str]:
     """One line per model key in the results: what it stands for and what it is."""
     columns = ["model", "paper_model", "synthetic", "layers_run", "layers_total", "model_source"]
-    models = results[columns].drop_duplicates(subset=["model", "synthetic", "layers_run"])
+    # Rows that never loaded the model (NOT RUN before loading) lack layers_run: prefer others.
+    models = (
+        results[columns]
+        .sort_values("layers_run", na_position="last")
+        .drop_duplicates(subset=["model"])
+    )
     lines = []
     for _, row in models.sort_values(["paper_model", "model"]).iterrows():
         stands_for = f" standing for {row['paper_model']}" if row["paper_model"] else ""

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from experiments.atomic_write import atomic_write
 
 FORMATS = ("png", "pdf")
 
@@ -24,13 +24,6 @@ def save_figure(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
             # instead of laying the figure out again (drawing is the slow part).
             fig.set_layout_engine("none")
         target = out_dir / f"{stem}.{fmt}"
-        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{stem}.", suffix=f".{fmt}.tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                fig.savefig(handle, format=fmt)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(target, lambda handle, fmt=fmt: fig.savefig(handle, format=fmt), binary=True)
         written.append(target)
     return written

@@ -11,12 +11,12 @@ Run ``python -m plots.reference_import SRC_DIR [DEST_DIR]`` to regenerate the fi
 from __future__ import annotations
 
 import csv
-import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import IO
 
+from experiments.atomic_write import atomic_write
 from experiments.schema import PAPER_SYSTEM_TO_PROJECT, REFERENCE_COLUMNS
 
 SOURCE_PREFIX = "KTransformers SOSP'25"
@@ -121,16 +121,12 @@ CONVERSIONS: dict[str, Callable[[Row], Row]] = {
 
 
 def _write_csv_atomic(path: Path, rows: Iterable[Row]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(REFERENCE_COLUMNS))
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    def write(handle: IO[str]) -> None:
+        writer = csv.DictWriter(handle, fieldnames=list(REFERENCE_COLUMNS))
+        writer.writeheader()
+        writer.writerows(rows)
+
+    atomic_write(path, write, newline="")
 
 
 def convert_reference_dir(src_dir: Path, dest_dir: Path) -> list[Path]:

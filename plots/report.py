@@ -9,13 +9,13 @@ numbers and the provenance, so a report can be rebuilt without rerunning anythin
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from experiments.atomic_write import atomic_write_text
 from experiments.schema import STATUS_OK
 from plots.claims import ClaimResult, evaluate_claims
 from plots.compare_tables import breakdown_table, decode_table, prefill_table
@@ -197,17 +197,6 @@ def render_report(
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def build_report(results_dir: Path, out_dir: Path | None = None) -> Path:
     """Write figures to ``<out>/figures/`` and ``<out>/report.md``; return the report path.
 
@@ -224,5 +213,5 @@ def build_report(results_dir: Path, out_dir: Path | None = None) -> Path:
     figures = {title: plot(results, references, provenance, figure_dir) for title, plot in FIGURES}
     write_table2(results, references, provenance, figure_dir)
     report = out / REPORT_NAME
-    _write_text_atomic(report, render_report(results, references, provenance, figures, out))
+    atomic_write_text(report, render_report(results, references, provenance, figures, out))
     return report

@@ -7,13 +7,12 @@ synthetic models are marked "not meaningful (synthetic weights)".
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from experiments.atomic_write import atomic_write_text
 from experiments.schema import PAPER_MODELS
 from plots.accuracy_drop import average_drops
 from plots.describe import experts_label, run_model_label
@@ -221,12 +220,4 @@ def write_table2(
     text = "# Table 2 - accuracy with expert deferral\n\n" + table2_markdown(
         results, references, provenance
     )
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{STEM}.", suffix=".md.tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    return atomic_write_text(target, text)

@@ -40,8 +40,15 @@ def test_unwritable_results_directory(hmoe, tmp_path):
 
 def test_checkpoint_path_that_does_not_exist_is_recorded_and_reported(hmoe, tmp_path):
     missing = tmp_path / "no-such-model"
-    proc = hmoe("run", "model=qw2", "system=fiddler", "experiment.prompt_lengths=[16]",
-                f"results_root={tmp_path}", "run=r", env={"QW2_SAFETENSORS": str(missing)})
+    proc = hmoe(
+        "run",
+        "model=qw2",
+        "system=fiddler",
+        "experiment.prompt_lengths=[16]",
+        f"results_root={tmp_path}",
+        "run=r",
+        env={"QW2_SAFETENSORS": str(missing)},
+    )
     assert proc.returncode == 1
     _assert_clean(proc, "checkpoint path does not exist")
     df = pd.read_csv(tmp_path / "r" / "results.csv")
@@ -53,8 +60,14 @@ def test_config_json_that_is_not_json(hmoe, tmp_path):
     model = tmp_path / "broken"
     model.mkdir()
     (model / "config.json").write_text("{ this is not json")
-    proc = hmoe("run", "model=qw2", f"model.path={model}", "experiment.prompt_lengths=[16]",
-                f"results_root={tmp_path}", "run=r")
+    proc = hmoe(
+        "run",
+        "model=qw2",
+        f"model.path={model}",
+        "experiment.prompt_lengths=[16]",
+        f"results_root={tmp_path}",
+        "run=r",
+    )
     assert proc.returncode == 1
     _assert_clean(proc, "is not valid JSON")
 

@@ -17,15 +17,23 @@ EXPERIMENTS = ["prefill", "decode", "breakdown", "accuracy"]
 PLANNERS = {"prefill": prefill, "decode": decode, "breakdown": breakdown, "accuracy": accuracy}
 
 
-@pytest.mark.parametrize("mode,profile", list(itertools.product(["fast", "full"],
-                                                                 ["cpu", "gpu", "paper"])))
+@pytest.mark.parametrize(
+    "mode,profile", list(itertools.product(["fast", "full"], ["cpu", "gpu", "paper"]))
+)
 def test_every_run_all_combination_composes(mode, profile):
     base = compose_config([f"mode={mode}", f"profile={profile}"])
     models = [base.profile.stand_ins.get(m, m) for m in base.mode.models]
     for exp in base.mode.experiments:
         for model, system in itertools.product(models, base.mode.systems[exp]):
-            cfg = compose_config([f"mode={mode}", f"profile={profile}", f"experiment={exp}",
-                                  f"model={model}", f"system={system}"])
+            cfg = compose_config(
+                [
+                    f"mode={mode}",
+                    f"profile={profile}",
+                    f"experiment={exp}",
+                    f"model={model}",
+                    f"system={system}",
+                ]
+            )
             points = PLANNERS[exp].plan(cfg)
             if exp in ("prefill", "decode"):
                 assert points, (exp, model, system)
@@ -108,7 +116,11 @@ def test_baselines_plan_no_deferral_points_but_engine_does():
     eng = decode.plan(compose_config(["experiment=decode", "system=engine", "model=qw2"]))
     assert {p.deferred_experts for p in fid} == {0}
     assert {(p.precision, p.immediate_experts, p.deferred_experts) for p in eng} == {
-        ("bf16", 8, 0), ("bf16", 6, 2), ("int8", 8, 0), ("int8", 4, 4)}
+        ("bf16", 8, 0),
+        ("bf16", 6, 2),
+        ("int8", 8, 0),
+        ("int8", 4, 4),
+    }
 
 
 def test_breakdown_splits_variants_by_system():

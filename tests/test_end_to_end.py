@@ -68,17 +68,37 @@ def test_run_all_fast_writes_results_provenance_figures_and_report(hmoe, tmp_pat
 def test_killed_run_resumes_without_duplicate_or_lost_rows(hmoe, tmp_path, model_cache):
     lengths = [64, 128, 256, 512, 1024, 2048]
     args = [
-        "run", "experiment=prefill", "system=fiddler", "model=tiny_qwen2_moe", "profile=cpu",
-        f"experiment.prompt_lengths=[{','.join(map(str, lengths))}]", "experiment.trials=3",
-        f"results_root={tmp_path}", "run=r", "progress=false",
+        "run",
+        "experiment=prefill",
+        "system=fiddler",
+        "model=tiny_qwen2_moe",
+        "profile=cpu",
+        f"experiment.prompt_lengths=[{','.join(map(str, lengths))}]",
+        "experiment.trials=3",
+        f"results_root={tmp_path}",
+        "run=r",
+        "progress=false",
     ]
     # Generate the model first so the kill lands inside the measurements.
-    assert hmoe(*args[:4], "profile=cpu", "experiment.prompt_lengths=[8]",
-                f"results_root={tmp_path}", "run=warm").returncode == 0
+    assert (
+        hmoe(
+            *args[:4],
+            "profile=cpu",
+            "experiment.prompt_lengths=[8]",
+            f"results_root={tmp_path}",
+            "run=warm",
+        ).returncode
+        == 0
+    )
     results = tmp_path / "r" / "results.csv"
     env = {**os.environ, "HMOE_CACHE_DIR": str(model_cache)}
-    proc = subprocess.Popen([sys.executable, "-m", "experiments.cli", *args], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "experiments.cli", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if results.exists() and results.read_text().count("\n") >= 1 + 3:  # one point done

@@ -122,30 +122,43 @@ def test_deepseek_without_q_lora_uses_q_proj(cache) -> None:
 def test_directory_has_real_names_config_and_metadata(cache) -> None:
     qw = _tiny(cache, "qwen2_moe")
     files = {p.name for p in qw.iterdir()}
-    assert {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-            "model.safetensors.index.json", "hmoe_synthetic.json",
-            "model-00001-of-00001.safetensors"} <= files
+    assert {
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "model.safetensors.index.json",
+        "hmoe_synthetic.json",
+        "model-00001-of-00001.safetensors",
+    } <= files
     config = json.loads((qw / "config.json").read_text())
     assert config["architectures"] == ["Qwen2MoeForCausalLM"]
     assert config["model_type"] == "qwen2_moe" and config["torch_dtype"] == "bfloat16"
     assert (config["num_experts"], config["num_experts_per_tok"]) == (64, 8)
     names = _tensor_names(qw)
-    for name in ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight",
-                 "model.layers.0.mlp.experts.5.gate_proj.weight",
-                 "model.layers.3.mlp.shared_expert.up_proj.weight",
-                 "model.layers.0.mlp.shared_expert_gate.weight", "model.layers.0.mlp.gate.weight",
-                 "model.layers.0.self_attn.q_proj.bias"):
+    for name in (
+        "model.embed_tokens.weight",
+        "model.norm.weight",
+        "lm_head.weight",
+        "model.layers.0.mlp.experts.5.gate_proj.weight",
+        "model.layers.3.mlp.shared_expert.up_proj.weight",
+        "model.layers.0.mlp.shared_expert_gate.weight",
+        "model.layers.0.mlp.gate.weight",
+        "model.layers.0.self_attn.q_proj.bias",
+    ):
         assert name in names
 
     ds3 = _tiny(cache, "deepseek_v3")
     names = _tensor_names(ds3)
     assert "model.layers.0.mlp.gate_proj.weight" in names  # first_k_dense_replace = 1
     assert "model.layers.0.mlp.gate.weight" not in names
-    for name in ("model.layers.1.mlp.experts.255.down_proj.weight",
-                 "model.layers.1.mlp.shared_experts.gate_proj.weight",
-                 "model.layers.1.self_attn.kv_a_proj_with_mqa.weight",
-                 "model.layers.1.self_attn.kv_a_layernorm.weight",
-                 "model.layers.1.self_attn.q_a_layernorm.weight"):
+    for name in (
+        "model.layers.1.mlp.experts.255.down_proj.weight",
+        "model.layers.1.mlp.shared_experts.gate_proj.weight",
+        "model.layers.1.self_attn.kv_a_proj_with_mqa.weight",
+        "model.layers.1.self_attn.kv_a_layernorm.weight",
+        "model.layers.1.self_attn.q_a_layernorm.weight",
+    ):
         assert name in names
     bias = _file_tensor(ds3, "model.layers.1.mlp.gate.e_score_correction_bias")
     assert bias.dtype == torch.float32 and bias.shape == (256,) and not bias.any()
@@ -154,10 +167,28 @@ def test_directory_has_real_names_config_and_metadata(cache) -> None:
 
     meta = read_synthetic_metadata(ds3)
     assert meta is not None
-    assert {k: meta[k] for k in ("synthetic", "architecture", "kind", "seed", "routing_skew",
-                                 "layers_run", "layers_total", "stands_for")} == {
-        "synthetic": True, "architecture": "deepseek_v3", "kind": "tiny", "seed": 0,
-        "routing_skew": 0.0, "layers_run": 4, "layers_total": 4, "stands_for": "ds3"}
+    assert {
+        k: meta[k]
+        for k in (
+            "synthetic",
+            "architecture",
+            "kind",
+            "seed",
+            "routing_skew",
+            "layers_run",
+            "layers_total",
+            "stands_for",
+        )
+    } == {
+        "synthetic": True,
+        "architecture": "deepseek_v3",
+        "kind": "tiny",
+        "seed": 0,
+        "routing_skew": 0.0,
+        "layers_run": 4,
+        "layers_total": 4,
+        "stands_for": "ds3",
+    }
     assert isinstance(meta["generator_version"], int)
     assert read_synthetic_metadata(cache) is None
 
@@ -171,7 +202,8 @@ def test_same_request_is_byte_identical_and_seed_changes_it(tmp_path) -> None:
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
     assert (a / "tokenizer.json").read_bytes() == (c / "tokenizer.json").read_bytes()
     assert (a / "model-00001-of-00001.safetensors").read_bytes() != (
-        c / "model-00001-of-00001.safetensors").read_bytes()
+        c / "model-00001-of-00001.safetensors"
+    ).read_bytes()
 
 
 def test_tensor_values_do_not_depend_on_generation_order() -> None:
@@ -211,9 +243,15 @@ _SLICE_SCRIPT = textwrap.dedent(
     print(json.dumps({"path": str(path), "baseline": baseline, "peak": peak}))
     """
 )
-_SLICE_DIMS = {"hidden_size": 1024, "num_attention_heads": 8, "num_key_value_heads": 2,
-               "moe_intermediate_size": 512, "shared_expert_intermediate_size": 1024,
-               "intermediate_size": 2048, "vocab_size": 4096}
+_SLICE_DIMS = {
+    "hidden_size": 1024,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 2,
+    "moe_intermediate_size": 512,
+    "shared_expert_intermediate_size": 1024,
+    "intermediate_size": 2048,
+    "vocab_size": 4096,
+}
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/status")
@@ -221,7 +259,11 @@ def test_slice_is_streamed_with_small_peak_memory(tmp_path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     out = subprocess.run(
         [sys.executable, "-c", _SLICE_SCRIPT, str(tmp_path), json.dumps(_SLICE_DIMS)],
-        capture_output=True, text=True, env=env, cwd=REPO, check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        check=True,
     )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     model_dir = Path(result["path"])
@@ -386,16 +428,38 @@ def test_bad_requests_raise_engine_errors(tmp_path, req, message) -> None:
 
 
 def test_cli_prints_the_path_and_rejects_bad_arguments(tmp_path, capsys) -> None:
-    rc = synth_cli.main(["--arch", "deepseek_v2", "--kind", "tiny", "--layers", "2",
-                         "--cache-dir", str(tmp_path), "--no-progress"])
+    rc = synth_cli.main(
+        [
+            "--arch",
+            "deepseek_v2",
+            "--kind",
+            "tiny",
+            "--layers",
+            "2",
+            "--cache-dir",
+            str(tmp_path),
+            "--no-progress",
+        ]
+    )
     out = capsys.readouterr().out.strip()
     assert rc == 0 and Path(out).is_dir() and read_synthetic_metadata(Path(out))["layers_run"] == 2
     for argv, message in (
         (["--arch", "gpt2", "--kind", "tiny"], "invalid choice"),
         (["--arch", "qwen2_moe", "--kind", "tiny", "--layers", "0"], "--layers must be >= 1"),
         (["--arch", "qwen2_moe", "--kind", "tiny", "--routing-skew", "-2"], "routing-skew"),
-        (["--arch", "qwen2_moe", "--kind", "slice", "--layers", "29",
-          "--cache-dir", str(tmp_path)], "at most 28 layers"),
+        (
+            [
+                "--arch",
+                "qwen2_moe",
+                "--kind",
+                "slice",
+                "--layers",
+                "29",
+                "--cache-dir",
+                str(tmp_path),
+            ],
+            "at most 28 layers",
+        ),
     ):
         assert synth_cli.main(argv) == 2
         err = capsys.readouterr().err.strip()

@@ -98,13 +98,16 @@ def _auto_slice_layers(req: SyntheticRequest, cache_dir: Path, corpus: Corpus) -
     import psutil
 
     check_architecture(req.architecture)
+
     def cached(n: int) -> bool:
         config = build_config(req.architecture, "slice", n, req.dims)
         return is_complete(cache_dir / entry_name(req, config, corpus))
 
     on_disk = {n for n in range(1, REAL_LAYERS[req.architecture] + 1) if cached(n)}
-    probe = cache_dir if cache_dir.exists() else next(
-        (p for p in cache_dir.parents if p.exists()), Path("/")
+    probe = (
+        cache_dir
+        if cache_dir.exists()
+        else next((p for p in cache_dir.parents if p.exists()), Path("/"))
     )
     return _fitting_layers(
         req.architecture,

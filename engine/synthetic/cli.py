@@ -28,14 +28,26 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--arch", required=True, choices=ARCHITECTURES)
     p.add_argument("--kind", required=True, choices=KINDS)
-    p.add_argument("--layers", type=int, default=None,
-                   help="decoder layers (default: 4 for tiny; what fits memory/disk for slice)")
+    p.add_argument(
+        "--layers",
+        type=int,
+        default=None,
+        help="decoder layers (default: 4 for tiny; what fits memory/disk for slice)",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--routing-skew", type=float, default=0.0,
-                   help="Zipf exponent of expert popularity (0 = no skew)")
+    p.add_argument(
+        "--routing-skew",
+        type=float,
+        default=0.0,
+        help="Zipf exponent of expert popularity (0 = no skew)",
+    )
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
-    p.add_argument("--corpus", default="auto", choices=("auto", "wikitext2", "python_docs", "file"),
-                   help="text the tokenizer is trained on")
+    p.add_argument(
+        "--corpus",
+        default="auto",
+        choices=("auto", "wikitext2", "python_docs", "file"),
+        help="text the tokenizer is trained on",
+    )
     p.add_argument("--corpus-file", default=None)
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -51,8 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hmoe synth: error: --layers must be >= 1, got {args.layers}", file=sys.stderr)
         return 2
     if args.routing_skew < 0:
-        print(f"hmoe synth: error: --routing-skew must be >= 0, got {args.routing_skew}",
-              file=sys.stderr)
+        print(
+            f"hmoe synth: error: --routing-skew must be >= 0, got {args.routing_skew}",
+            file=sys.stderr,
+        )
         return 2
     from engine.synthetic import SyntheticRequest, ensure_synthetic_model
     from engine.text_corpus import load_corpus
@@ -60,8 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         corpus = load_corpus(args.corpus, args.corpus_file)
         req = SyntheticRequest(args.arch, args.kind, args.layers, args.seed, args.routing_skew)
-        path = ensure_synthetic_model(req, args.cache_dir, progress=not args.no_progress,
-                                      corpus=corpus)
+        path = ensure_synthetic_model(
+            req, args.cache_dir, progress=not args.no_progress, corpus=corpus
+        )
     except EngineError as exc:
         print(f"hmoe synth: error: {exc}", file=sys.stderr)
         return 2

@@ -95,13 +95,18 @@ def _write_entry(
     max_shard_bytes: int,
     progress: bool,
 ) -> None:
-    special = write_tokenizer(tmp, corpus, config["vocab_size"], cache_dir,
-                              config["max_position_embeddings"])
+    special = write_tokenizer(
+        tmp, corpus, config["vocab_size"], cache_dir, config["max_position_embeddings"]
+    )
     config = {**config, **special, "dtype": "bfloat16"}
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    generation = {"bos_token_id": special["bos_token_id"], "eos_token_id": special["eos_token_id"],
-                  "pad_token_id": special["pad_token_id"], "do_sample": False,
-                  "transformers_version": TRANSFORMERS_VERSION_TAG}
+    generation = {
+        "bos_token_id": special["bos_token_id"],
+        "eos_token_id": special["eos_token_id"],
+        "pad_token_id": special["pad_token_id"],
+        "do_sample": False,
+        "transformers_version": TRANSFORMERS_VERSION_TAG,
+    }
     (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
 
     specs = list(iter_tensor_specs(req.architecture, config))
@@ -113,8 +118,13 @@ def _write_entry(
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                   desc=f"synth {tmp.name.removeprefix('.tmp-').rsplit('-', 1)[0]}")
+        bar = tqdm(
+            total=total,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=f"synth {tmp.name.removeprefix('.tmp-').rsplit('-', 1)[0]}",
+        )
     try:
         write_sharded(tmp, shards, recipe.chunks, on_bytes=bar.update if bar else None)
     finally:

@@ -74,8 +74,12 @@ def _mla_attention(p: str, c: dict[str, Any], layer: int) -> list[TensorSpec]:
     specs += [
         _linear(f"{p}.kv_a_proj_with_mqa.weight", kv_r + c["qk_rope_head_dim"], h, layer=layer),
         _norm(f"{p}.kv_a_layernorm.weight", kv_r, layer),
-        _linear(f"{p}.kv_b_proj.weight", heads * (c["qk_nope_head_dim"] + c["v_head_dim"]), kv_r,
-                layer=layer),
+        _linear(
+            f"{p}.kv_b_proj.weight",
+            heads * (c["qk_nope_head_dim"] + c["v_head_dim"]),
+            kv_r,
+            layer=layer,
+        ),
         _linear(f"{p}.o_proj.weight", h, heads * c["v_head_dim"], OUTPUT_SCALE, layer=layer),
     ]
     return specs
@@ -107,8 +111,9 @@ def _deepseek_mlp(
     experts, inter = c["n_routed_experts"], c["moe_intermediate_size"]
     specs = [_router(f"{p}.gate.weight", experts, h, layer)]
     if v3:  # the real checkpoints keep this bias in float32
-        specs.append(TensorSpec(f"{p}.gate.e_score_correction_bias", (experts,), "zeros", 0.0,
-                                "F32", layer))
+        specs.append(
+            TensorSpec(f"{p}.gate.e_score_correction_bias", (experts,), "zeros", 0.0, "F32", layer)
+        )
     # Routed outputs are multiplied by routed_scaling_factor in the model: undo it in the weights.
     routed_down = OUTPUT_SCALE / float(c.get("routed_scaling_factor", 1.0))
     for e in range(experts):
@@ -129,8 +134,9 @@ def iter_tensor_specs(architecture: str, config: dict[str, Any]) -> Iterator[Ten
             yield from _qwen2_mlp(f"{p}.mlp", config, i, i in moe_layers)
         else:
             yield from _mla_attention(f"{p}.self_attn", config, i)
-            yield from _deepseek_mlp(f"{p}.mlp", config, i, i in moe_layers,
-                                     architecture == "deepseek_v3")
+            yield from _deepseek_mlp(
+                f"{p}.mlp", config, i, i in moe_layers, architecture == "deepseek_v3"
+            )
         yield _norm(f"{p}.input_layernorm.weight", h, i)
         yield _norm(f"{p}.post_attention_layernorm.weight", h, i)
     yield _norm("model.norm.weight", h)

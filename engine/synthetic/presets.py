@@ -171,17 +171,41 @@ REAL_CONFIGS: dict[str, dict[str, Any]] = {
 REAL_LAYERS = {arch: cfg["num_hidden_layers"] for arch, cfg in REAL_CONFIGS.items()}
 
 # Tiny widths; routed-expert count, top-k, grouping and scoring stay those of the real model.
-_TINY_COMMON = {"hidden_size": 128, "moe_intermediate_size": 64, "intermediate_size": 256,
-                "num_hidden_layers": 4, "num_attention_heads": 4, "vocab_size": 4096}
+_TINY_COMMON = {
+    "hidden_size": 128,
+    "moe_intermediate_size": 64,
+    "intermediate_size": 256,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "vocab_size": 4096,
+}
 _TINY_OVERRIDES: dict[str, dict[str, Any]] = {
-    "qwen2_moe": {**_TINY_COMMON, "num_key_value_heads": 2, "shared_expert_intermediate_size": 256,
-                  "max_window_layers": 4},
-    "deepseek_v2": {**_TINY_COMMON, "num_key_value_heads": 4, "first_k_dense_replace": 1,
-                    "q_lora_rank": 64, "kv_lora_rank": 32, "qk_nope_head_dim": 16,
-                    "qk_rope_head_dim": 8, "v_head_dim": 16},
-    "deepseek_v3": {**_TINY_COMMON, "num_key_value_heads": 4, "first_k_dense_replace": 1,
-                    "q_lora_rank": 64, "kv_lora_rank": 32, "qk_nope_head_dim": 16,
-                    "qk_rope_head_dim": 8, "v_head_dim": 16},
+    "qwen2_moe": {
+        **_TINY_COMMON,
+        "num_key_value_heads": 2,
+        "shared_expert_intermediate_size": 256,
+        "max_window_layers": 4,
+    },
+    "deepseek_v2": {
+        **_TINY_COMMON,
+        "num_key_value_heads": 4,
+        "first_k_dense_replace": 1,
+        "q_lora_rank": 64,
+        "kv_lora_rank": 32,
+        "qk_nope_head_dim": 16,
+        "qk_rope_head_dim": 8,
+        "v_head_dim": 16,
+    },
+    "deepseek_v3": {
+        **_TINY_COMMON,
+        "num_key_value_heads": 4,
+        "first_k_dense_replace": 1,
+        "q_lora_rank": 64,
+        "kv_lora_rank": 32,
+        "qk_nope_head_dim": 16,
+        "qk_rope_head_dim": 8,
+        "v_head_dim": 16,
+    },
 }
 
 
@@ -245,24 +269,36 @@ def _validate(architecture: str, config: dict[str, Any]) -> None:
 
     for key, value in config.items():
         if key.endswith(("_size", "_dim", "_heads", "_rank", "_experts")) and value is not None:
-            need(isinstance(value, int) and value >= 1,
-                 f"{key} must be a positive int, got {value!r}")
-    need(config["hidden_size"] % config["num_attention_heads"] == 0,
-         "hidden_size must be a multiple of num_attention_heads")
-    need(config["num_attention_heads"] % config["num_key_value_heads"] == 0,
-         "num_attention_heads must be a multiple of num_key_value_heads")
+            need(
+                isinstance(value, int) and value >= 1,
+                f"{key} must be a positive int, got {value!r}",
+            )
+    need(
+        config["hidden_size"] % config["num_attention_heads"] == 0,
+        "hidden_size must be a multiple of num_attention_heads",
+    )
+    need(
+        config["num_attention_heads"] % config["num_key_value_heads"] == 0,
+        "num_attention_heads must be a multiple of num_key_value_heads",
+    )
     experts = config.get("num_experts", config.get("n_routed_experts"))
-    need(1 <= config["num_experts_per_tok"] <= experts,
-         "num_experts_per_tok must be between 1 and the number of routed experts")
+    need(
+        1 <= config["num_experts_per_tok"] <= experts,
+        "num_experts_per_tok must be between 1 and the number of routed experts",
+    )
     if architecture != "qwen2_moe":
-        need(config["first_k_dense_replace"] < config["num_hidden_layers"],
-             "first_k_dense_replace must leave at least one MoE layer")
+        need(
+            config["first_k_dense_replace"] < config["num_hidden_layers"],
+            "first_k_dense_replace must leave at least one MoE layer",
+        )
         groups = config.get("n_group") or 1
         need(experts % groups == 0, "n_routed_experts must be divisible by n_group")
         topk_group = config.get("topk_group") or 1
         need(topk_group <= groups, "topk_group must not exceed n_group")
-        need(config["num_experts_per_tok"] <= topk_group * (experts // groups),
-             "top-k experts must fit in the selected groups")
+        need(
+            config["num_experts_per_tok"] <= topk_group * (experts // groups),
+            "top-k experts must fit in the selected groups",
+        )
     need(config["vocab_size"] >= 512, "vocab_size must be at least 512 (byte-level tokenizer)")
 
 

@@ -97,5 +97,8 @@ def write_tokenizer(
     (model_dir / "special_tokens_map.json").write_text(
         json.dumps({"bos_token": BOS_EOS, "eos_token": BOS_EOS, "pad_token": PAD}, indent=2) + "\n"
     )
-    return {"bos_token_id": special[BOS_EOS], "eos_token_id": special[BOS_EOS],
-            "pad_token_id": special[PAD]}
+    return {
+        "bos_token_id": special[BOS_EOS],
+        "eos_token_id": special[BOS_EOS],
+        "pad_token_id": special[PAD],
+    }
