@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from engine.gguf_export import export_gguf
+
 # (format, max relative L2 error of the logits, min top-1 agreement with safetensors).
 # Q8_0 moves every weight by ~0.5%; through 3 layers and the occasional routing flip the
 # logits move by 4-7% (measured); a wrong tensor mapping gives ~100%.
@@ -21,8 +22,9 @@ def _logits(model, ids: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("fmt,max_rel,min_top1", FORMATS)
-def test_gguf_logits_match_safetensors(checkpoint, load_engine, tmp_path, case, fmt, max_rel,
-                                       min_top1):
+def test_gguf_logits_match_safetensors(
+    checkpoint, load_engine, tmp_path, case, fmt, max_rel, min_top1
+):
     path = checkpoint(case)
     gguf = export_gguf(path, tmp_path / f"{case}.{fmt}.gguf", out_type=fmt, progress=False)
     ids = torch.randint(0, 256, (48,), generator=torch.Generator().manual_seed(7))
