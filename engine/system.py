@@ -23,6 +23,7 @@ import torch
 
 from engine.errors import EngineError
 from engine.experts import make_expert_backend
+from engine.experts.deferral import set_expert_split
 from engine.loaders import open_weights
 from engine.models import MoECausalLM, load_model
 from engine.runtime import KVCache, Sampler, decode_step, generate_ids, prefill
@@ -168,14 +169,14 @@ class EngineSystem:
         deferred_experts: int = 0,
     ) -> DecodeTiming:
         model, cache = self._ready()
-        if deferred_experts > 0:
-            raise SystemUnavailable("expert deferral lands with the hybrid runtime")
         top_k = model.config.top_k
-        if immediate_experts is not None and immediate_experts != top_k:
-            raise SystemUnavailable(
-                f"engine runs all top-{top_k} experts; immediate_experts={immediate_experts} "
-                "needs the hybrid runtime"
+        immediate = top_k if immediate_experts is None else immediate_experts
+        if immediate + deferred_experts != top_k:
+            raise EngineError(
+                f"immediate ({immediate}) + deferred ({deferred_experts}) experts must equal "
+                f"the model's top-k ({top_k})"
             )
+        set_expert_split(model, immediate, top_k)
         cache.reset()
         cache.reserve(len(prompt_ids) + n_tokens)
         self._sync()
@@ -249,6 +250,8 @@ class EngineSystem:
             "dtype": self.cfg["dtype"],
             "expert_backend": self.cfg["expert_backend"],
             "expert_device": "cpu",
+            "expert_deferral": "synchronous: deferred experts computed at once, added one MoE "
+            "layer later (no CPU/GPU overlap yet)",
             "precision": self.precision,
             "prefill_chunk": self.prefill_chunk,
             "max_seq": self.max_seq,

@@ -73,11 +73,21 @@ def test_prefill_and_decode(system):
     assert system.decode(prompt, 8).token_ids == run.token_ids  # the cache was reset
 
 
+def test_decode_with_expert_deferral(system):
+    k = system.model.config.top_k
+    prompt = list(range(10, 30))
+    plain = system.decode(prompt, 8)
+    deferred = system.decode(prompt, 8, immediate_experts=1, deferred_experts=k - 1)
+    assert deferred.decode_tokens == 8 and deferred.decode_seconds > 0
+    assert system.decode(prompt, 8, immediate_experts=k).token_ids == plain.token_ids
+
+
 def test_refusals(system, model_dir):
-    with pytest.raises(SystemUnavailable, match="deferral"):
-        system.decode([1, 2, 3], 2, immediate_experts=2, deferred_experts=1)
-    with pytest.raises(SystemUnavailable, match="immediate_experts"):
-        system.decode([1, 2, 3], 2, immediate_experts=1)
+    k = system.model.config.top_k
+    with pytest.raises(EngineError, match="top-k"):
+        system.decode([1, 2, 3], 2, immediate_experts=1, deferred_experts=k)
+    with pytest.raises(EngineError, match="top-k"):
+        system.decode([1, 2, 3], 2, immediate_experts=k - 1)
     with pytest.raises(EngineError, match="max_seq"):
         system.decode(list(range(90)), 10)
     with pytest.raises(SystemUnavailable, match="fp16"):
