@@ -49,8 +49,11 @@ class TensorFetcher:
         return self.source.load(name, dtype)
 
     def get(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
-        """``name`` on the model device in the model dtype."""
-        return self.cpu(name, shape, self.dtype).to(self.device)
+        """``name`` on the model device in the model dtype, in memory the model owns.
+
+        ``copy=True``: a CPU model must not keep views of a memory-mapped checkpoint.
+        """
+        return self.cpu(name, shape).to(self.device, self.dtype, copy=True)
 
     def linear(self, prefix: str, out_dim: int, in_dim: int, bias: bool = False) -> Linear:
         return Linear(

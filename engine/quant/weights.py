@@ -46,10 +46,11 @@ def quantize_weight(weight: torch.Tensor, precision: str, group_size: int = 32) 
     ``weight.to(bfloat16)`` whatever the source dtype is.
     """
     shape = (int(weight.shape[0]), int(weight.shape[1]))
-    if precision == "fp32":
-        return QuantizedWeight("fp32", shape, weight.to(torch.float32).contiguous())
-    if precision == "bf16":
-        return QuantizedWeight("bf16", shape, weight.to(torch.bfloat16).contiguous())
+    if precision in ("fp32", "bf16"):
+        # Always a fresh copy in process memory: a loader may hand out views of a memory-mapped
+        # checkpoint, and experts must not be paged in from disk during a measurement.
+        dtype = torch.float32 if precision == "fp32" else torch.bfloat16
+        return QuantizedWeight(precision, shape, weight.to(dtype, copy=True).contiguous())
     bf16 = weight.to(torch.bfloat16)
     if precision == "int8":
         q, scale = quantize_int8(bf16)
