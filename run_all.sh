@@ -47,40 +47,61 @@ install_torch() {
     "${pip[@]}" "$TORCH_RANGE"
 }
 
+install_optional() {
+  # An optional extra that fails to install (e.g. no C++ compiler for llama.cpp) is reported,
+  # and its experiments are recorded NOT RUN with the reason; the rest keeps working.
+  local extra="$1"
+  if [ "$extra" = "llamacpp" ] && [ -z "${CMAKE_ARGS:-}" ] && command -v nvcc >/dev/null 2>&1 &&
+     command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    export CMAKE_ARGS="-DGGML_CUDA=on"   # llama.cpp with CUDA where there is a GPU and nvcc
+  fi
+  echo "setup: installing the optional extra '$extra'${CMAKE_ARGS:+ (CMAKE_ARGS=$CMAKE_ARGS)}"
+  if ! "$VENV/bin/python" -m pip install --disable-pip-version-check -q -e ".[$extra]"; then
+    echo "setup: WARNING: extra '$extra' could not be installed; its points will be NOT RUN" >&2
+  fi
+}
+
 ensure_venv() {
-  local extras="$1" py stamp want
+  local dev="$1" py stamp want extra
   if [ ! -x "$VENV/bin/python" ]; then
     py=$(find_python)
     echo "setup: creating virtual environment $VENV with $("$py" --version)"
     "$py" -m venv "$VENV"
   fi
   stamp="$VENV/.hmoe-setup"
-  want="$(cat pyproject.toml | sha256sum | cut -c1-16) extras=$extras"
+  want="$(sha256sum pyproject.toml | cut -c1-16) extras=$EXTRAS${dev:+,dev}"
   if [ -f "$stamp" ]; then
-    # Up to date: same pyproject.toml, and the extras asked for (if any) are installed.
+    # Up to date: same pyproject.toml and at least the extras asked for were installed.
     local have
     have="$(cat "$stamp")"
-    if [ "$have" = "$want" ] || { [ -z "$extras" ] && [ "${have%% *}" = "${want%% *}" ]; }; then
+    if [ "$have" = "$want" ] || { [ -z "$dev" ] && [ "$have" = "$want,dev" ]; }; then
       return 0
     fi
   fi
   "$VENV/bin/python" -c 'import torch' 2>/dev/null || install_torch
-  echo "setup: installing hybrid-moe-ae${extras:+[$extras]} into $VENV"
-  "$VENV/bin/python" -m pip install --disable-pip-version-check -q -e ".${extras:+[$extras]}"
+  echo "setup: installing hybrid-moe-ae${dev:+[dev]} into $VENV"
+  "$VENV/bin/python" -m pip install --disable-pip-version-check -q -e ".${dev:+[dev]}"
+  for extra in ${EXTRAS//,/ }; do
+    install_optional "$extra"
+  done
   echo "$want" > "$stamp"
 }
+
+# Optional extras installed by default: lm-eval (Table 2) and llama-cpp-python (baseline).
+# HMOE_EXTRAS="" skips them (their points are then NOT RUN with the install hint).
+EXTRAS="${HMOE_EXTRAS-eval,llamacpp}"
 
 mode="${1:-}"
 case "$mode" in
   setup)
-    extras=""
-    [ "${2:-}" = "--dev" ] && extras="dev"
-    ensure_venv "$extras"
+    dev=""
+    [ "${2:-}" = "--dev" ] && dev="dev"
+    ensure_venv "$dev"
     echo "setup: ready ($VENV)"
     ;;
   fast|full)
     shift
-    ensure_venv "${HMOE_EXTRAS:-}"
+    ensure_venv ""
     exec "$VENV/bin/hmoe" all "$mode" "$@"
     ;;
   *)
