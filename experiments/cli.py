@@ -1,9 +1,14 @@
-"""The ``hmoe`` command: run, all, report, synth.
+"""The ``hmoe`` command: run, all, report, synth, score, compare, export-gguf.
 
     hmoe run [-m] [hydra overrides...]   one job, or a Hydra multirun sweep
     hmoe all fast|full [overrides...]    what run_all.sh runs: every experiment + report
     hmoe report RESULTS_DIR              regenerate figures and report.md from results
     hmoe synth --arch ... --kind ...     write (or reuse) a synthetic model directory
+    hmoe score --task TASK FILE.jsonl    score saved generations ({"idx", "completion"} lines)
+    hmoe compare BASE NEW [--max-accuracy-drop PP] [--max-slowdown PCT]
+                                         regression gate between two results directories
+    hmoe export-gguf MODEL_DIR --type f16|bf16|q8_0|q4_0 [--out PATH]
+                                         GGUF for llama.cpp (cached beside the model)
 
 User errors print one line (no traceback) and exit 2.
 """
@@ -64,7 +69,33 @@ def _cmd_synth(args: list[str]) -> int:
     return synth_main(args)
 
 
-COMMANDS = {"run": _cmd_run, "all": _cmd_all, "report": _cmd_report, "synth": _cmd_synth}
+def _cmd_score(args: list[str]) -> int:
+    from experiments.scoring import main as score_main
+
+    return score_main(args)
+
+
+def _cmd_compare(args: list[str]) -> int:
+    from experiments.compare import main as compare_main
+
+    return compare_main(args)
+
+
+def _cmd_export_gguf(args: list[str]) -> int:
+    from engine.gguf_export import main as export_main
+
+    return export_main(args)
+
+
+COMMANDS = {
+    "run": _cmd_run,
+    "all": _cmd_all,
+    "report": _cmd_report,
+    "synth": _cmd_synth,
+    "score": _cmd_score,
+    "compare": _cmd_compare,
+    "export-gguf": _cmd_export_gguf,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -70,6 +70,10 @@ class ExperimentConfig:
     variants: dict[str, Any] = field(default_factory=dict)  # variant -> {system, options}
     tasks: list[str] = field(default_factory=list)
     limit: int | None = None  # accuracy: problems per task (None = all)
+    human_eval_samples: int = 10  # accuracy: HumanEval samples per problem (1 = greedy)
+    temperature: float = 0.3  # accuracy: HumanEval sampling temperature (samples > 1)
+    seed: int = 2025  # accuracy: sampling seed
+    max_new_tokens: int | None = None  # accuracy: cap on each task's token budget (None = none)
 
 
 @dataclass
@@ -95,6 +99,8 @@ class ProfileConfig:
     warmup: int = 1
     breakdown_prefill_tokens: int = 8192
     accuracy_limit: int | None = None
+    human_eval_samples: int = 10  # the paper: 10 samples at temperature 0.3
+    human_eval_temperature: float = 0.3
     stand_ins: dict[str, str] = field(default_factory=dict)  # paper model -> model key
 
 

@@ -82,6 +82,8 @@ class JobRunner:
         if point.stage == "accuracy":
             model_id["data_dir"] = cfg.data.dir
             model_id["limit"] = cfg.experiment.limit
+            for key in ("human_eval_samples", "temperature", "seed", "max_new_tokens"):
+                model_id[key] = cfg.experiment[key]
         return {
             "model": model_id,
             "system": {
@@ -146,7 +148,15 @@ class JobRunner:
             self.summary.reasons[key] = self.summary.reasons.get(key, 0) + len(todo)
 
     # -- measuring ---------------------------------------------------------------------------
-    def _measure(self, system: Any, point: Point, prompts: PromptSource) -> list[dict[str, Any]]:
+    def _measure(
+        self, system: Any, point: Point, prompts: PromptSource | None, pid: str
+    ) -> list[dict[str, Any]]:
+        if point.stage == "accuracy":
+            with Telemetry() as tel:
+                out = accuracy.measure(system, point, self.cfg, self.run_dir, pid)
+            reading = tel.reading.as_row()
+            return [{"trial": 0, "seconds": out["seconds"], "score": out["score"], **reading}]
+        assert prompts is not None
         self._warm_up(system, point, prompts)
         out = []
         for trial in range(self.cfg.experiment.trials):
@@ -188,7 +198,11 @@ class JobRunner:
                 )
 
     def _run_group(
-        self, group: list[tuple[Point, str]], spec: ModelSpec, prompts: PromptSource, bar: tqdm
+        self,
+        group: list[tuple[Point, str]],
+        spec: ModelSpec,
+        prompts: PromptSource | None,
+        bar: tqdm,
     ) -> None:
         point0 = group[0][0]
         options = {**self.options, **point0.system_options}
@@ -213,8 +227,8 @@ class JobRunner:
             for point, pid in group:
                 bar.set_postfix_str(point.describe())
                 try:
-                    trials = self._measure(system, point, prompts)
-                except SystemUnavailable as exc:
+                    trials = self._measure(system, point, prompts, pid)
+                except (SystemUnavailable, accuracy.AccuracyNotRun) as exc:
                     self._record_status([(point, pid)], STATUS_NOT_RUN, _err_text(exc), spec, bar)
                     continue
                 except Exception as exc:  # noqa: BLE001 - recorded as a failed point
@@ -225,12 +239,16 @@ class JobRunner:
                 for trial in trials:
                     row = self._base_row(point, pid, spec)
                     row.update(trial, status=STATUS_OK, error="", timestamp=stamp)
-                    row["corpus"] = prompts.corpus_name
+                    row["corpus"] = prompts.corpus_name if prompts else ""
                     rows.append(row)
                 self.store.append_point(rows)
                 self.summary.ok += 1
-                mean = sum(t["tokens_per_s"] for t in trials) / len(trials)
-                self.summary.lines.append(f"{point.describe():<36} {mean:>12.2f} tokens/s")
+                if point.stage == "accuracy":
+                    score = trials[0]["score"]
+                    self.summary.lines.append(f"{point.describe():<36} {score:>12.4f} score")
+                else:
+                    mean = sum(t["tokens_per_s"] for t in trials) / len(trials)
+                    self.summary.lines.append(f"{point.describe():<36} {mean:>12.2f} tokens/s")
                 bar.update(1)
             try:
                 self.system_facts[self.job_name] = system.describe()
@@ -272,16 +290,38 @@ class JobRunner:
             provenance.record_job_end(self.run_dir, self.job_name, self.system_facts)
         return self.summary
 
+    def _runnable_accuracy_points(self, todo: list[tuple[Point, str]]) -> list[tuple[Point, str]]:
+        """Record NOT RUN (no lm-eval, no data) before loading the model; return the rest."""
+        reasons: dict[str, tuple[str, str] | None] = {}
+        runnable = []
+        for point, pid in todo:
+            if point.task not in reasons:
+                try:
+                    why = accuracy.unavailable_reason(self.cfg, point.task)
+                    reasons[point.task] = (STATUS_NOT_RUN, why) if why else None
+                except Exception as exc:  # noqa: BLE001 - e.g. an unknown task: recorded
+                    reasons[point.task] = (STATUS_FAILED, _err_text(exc))
+            verdict = reasons[point.task]
+            if verdict is None:
+                runnable.append((point, pid))
+            else:
+                self._record_status([(point, pid)], verdict[0], verdict[1], None)
+        return runnable
+
     def _run_points(self, todo: list[tuple[Point, str]]) -> None:
         cfg = self.cfg
-        if todo[0][0].stage == "accuracy":
-            self._record_status(todo, STATUS_NOT_RUN, accuracy.NOT_IMPLEMENTED, None)
-            return
+        is_accuracy = todo[0][0].stage == "accuracy"
+        if is_accuracy:
+            todo = self._runnable_accuracy_points(todo)
+            if not todo:
+                return
         try:
             spec = resolve_model(cfg.model, Path(cfg.paths.cache_dir), progress=cfg.progress)
-            prompts = PromptSource(
-                spec.path, cfg.workload.corpus, cfg.workload.corpus_file, cfg.workload.seed
-            )
+            prompts = None
+            if not is_accuracy:
+                prompts = PromptSource(
+                    spec.path, cfg.workload.corpus, cfg.workload.corpus_file, cfg.workload.seed
+                )
         except Exception as exc:  # noqa: BLE001 - a bad model fails its points, run goes on
             self._record_status(todo, STATUS_FAILED, f"model: {_err_text(exc)}", None)
             return

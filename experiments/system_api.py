@@ -10,6 +10,7 @@ a system whose optional dependency is missing fails with :class:`SystemUnavailab
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -51,13 +52,19 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class Sampling:
-    """Sampling parameters for :meth:`System.generate` (temperature 0 = greedy)."""
+    """Sampling parameters for :meth:`System.generate` (temperature 0 = greedy).
+
+    ``immediate_experts``/``deferred_experts`` split each token's routed top-k as in
+    :meth:`System.decode` (None/0 = the model's own top-k, no deferral).
+    """
 
     max_new_tokens: int = 256
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
     stop: tuple[str, ...] = ()
+    immediate_experts: int | None = None
+    deferred_experts: int = 0
 
 
 @dataclass(frozen=True)
@@ -112,11 +119,51 @@ class System(Protocol):
     def generate(self, text: str, sampling: Sampling) -> str:
         """Generate a continuation of ``text`` (the text alone, prompt excluded)."""
 
+    def loglikelihood(
+        self,
+        context: str,
+        continuations: list[str],
+        immediate_experts: int | None = None,
+        deferred_experts: int = 0,
+    ) -> list[tuple[float, bool]]:
+        """For each continuation: the summed log-probability of its tokens after ``context``,
+        and whether greedy decoding from ``context`` would produce exactly those tokens.
+
+        The continuation's tokens are those that ``context + continuation`` encodes to after
+        the tokens of ``context`` (lm-eval's convention); the expert split is as in decode.
+        """
+
     def describe(self) -> dict[str, Any]:
         """Placement and build facts for provenance (devices, threads, versions)."""
 
     def close(self) -> None:
         """Free the model and any device memory."""
+
+
+def encode_pair(
+    encode: Callable[[str], list[int]],
+    context: str,
+    continuation: str,
+    prefix_id: int | None = None,
+) -> tuple[list[int], list[int]]:
+    """Token ids of ``context`` and of ``continuation`` after it, lm-eval's way.
+
+    Trailing whitespace of the context moves to the continuation; the continuation's ids
+    are those that ``context + continuation`` encodes to after the context's ids (so a
+    token merging across the boundary is scored as the model would see it). An empty
+    context becomes ``[prefix_id]`` (an end-of-text token) and the continuation is encoded
+    alone.
+    """
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    ctx = list(encode(context)) if context else []
+    if not ctx:
+        if prefix_id is None:
+            raise ValueError("an empty context needs a prefix token (the model has no EOS id)")
+        return [prefix_id], list(encode(continuation))
+    whole = list(encode(context + continuation))
+    return ctx, whole[len(ctx) :]
 
 
 def load_system_class(impl: str) -> type:

@@ -22,12 +22,25 @@ SMALL = [
     "profile.decode_tokens=4",
     "profile.trials=2",
     "profile.breakdown_prefill_tokens=64",
+    "profile.accuracy_limit=2",
+    "experiment.max_new_tokens=24",
 ]
+
+
+def _data_dir() -> str | None:
+    """The accuracy datasets (HMOE_DATA_DIR, else ../shared/datasets beside the repo)."""
+    env = os.environ.get("HMOE_DATA_DIR")
+    local = REPO.parent / "shared" / "datasets"
+    if env:
+        return env
+    return str(local) if (local / "mbpp" / "test.jsonl").is_file() else None
 
 
 @pytest.mark.slow
 def test_run_all_fast_writes_results_provenance_figures_and_report(hmoe, tmp_path):
-    proc = hmoe("all", "fast", *SMALL, f"results_root={tmp_path}", timeout=1200)
+    data_dir = _data_dir()
+    env = {"HMOE_DATA_DIR": data_dir} if data_dir else {}
+    proc = hmoe("all", "fast", *SMALL, f"results_root={tmp_path}", timeout=1200, env=env)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert "synthetic tiny models" in out
@@ -41,11 +54,21 @@ def test_run_all_fast_writes_results_provenance_figures_and_report(hmoe, tmp_pat
     assert len(fid[fid["experiment"] == "prefill"]) == 2 * 2  # 2 lengths x 2 trials
     assert fid["synthetic"].all()
     assert (fid["layers_run"] == fid["layers_total"]).all()
-    # What does not exist in this version is recorded NOT RUN with a reason, never faked.
+    # What cannot run here is recorded NOT RUN with a reason, never faked.
     not_run = df[df["status"] == "not_run"]
-    assert set(not_run[not_run["experiment"] == "accuracy"]["task"]) == {"mbpp"}
     assert (not_run["error"].str.len() > 0).all()
-    assert not df[(df["status"] == "ok") & (df["experiment"] == "accuracy")].shape[0]
+    acc = df[df["experiment"] == "accuracy"]
+    assert set(acc["task"]) == {"mbpp"}
+    assert set(zip(acc["immediate_experts"], acc["deferred_experts"], strict=True)) == {
+        (8, 0),
+        (4, 4),
+    }
+    if data_dir:  # MBPP on a 2-problem subset, with and without deferral
+        assert set(acc["status"]) == {"ok"}, acc[["status", "error"]]
+        assert acc["score"].between(0, 1).all()
+        assert len(list((run_dir / "generations").glob("*.jsonl"))) == 2
+    else:
+        assert set(acc["status"]) == {"not_run"}
     prov = json.loads((run_dir / "provenance.json").read_text())
     assert prov["mode"] == "fast" and prov["profile"] == "cpu"
     assert "cpu_flags" in prov["hardware"] and "torch" in prov["packages"]
@@ -55,6 +78,8 @@ def test_run_all_fast_writes_results_provenance_figures_and_report(hmoe, tmp_pat
         assert f"{stem}.png" in figures and f"{stem}.pdf" in figures
     report = (run_dir / "report.md").read_text()
     assert "NOT RUN" in report and "synthetic" in report.lower()
+    if data_dir:
+        assert "NOT MEANINGFUL" in report  # accuracy of synthetic weights
 
     # Rerunning the same command measures nothing again: no new ok rows.
     again = hmoe("all", "fast", *SMALL, f"results_root={tmp_path}", timeout=1200)
