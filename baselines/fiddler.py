@@ -37,6 +37,7 @@ from experiments.system_api import (
     PrefillTiming,
     Sampling,
     SystemUnavailable,
+    encode_pair,
 )
 
 PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -225,6 +226,16 @@ class FiddlerSystem:
         out = self._require_model()(input_ids=self._ids(prompt_ids), use_cache=False)
         return out.logits[0].float().cpu()
 
+    def _check_expert_split(self, immediate_experts: int | None, deferred_experts: int) -> None:
+        """Fiddler runs the model's own top-k routing: no deferral, no other split."""
+        if deferred_experts > 0:
+            raise SystemUnavailable("fiddler has no expert deferral (deferred_experts > 0)")
+        top_k = getattr(self._require_model().config, "num_experts_per_tok", None)
+        if immediate_experts is not None and immediate_experts != top_k:
+            raise SystemUnavailable(
+                f"fiddler runs the model's top-{top_k} routing, not {immediate_experts} experts"
+            )
+
     @torch.inference_mode()
     def prefill(self, prompt_ids: list[int]) -> PrefillTiming:
         """One forward over the prompt without a KV cache, timed."""
@@ -250,13 +261,7 @@ class FiddlerSystem:
         decode loop timed is n single-token forwards.
         """
         model, ids = self._require_model(), self._ids(prompt_ids)
-        if deferred_experts > 0:
-            raise SystemUnavailable("fiddler has no expert deferral (deferred_experts > 0)")
-        top_k = getattr(model.config, "num_experts_per_tok", None)
-        if immediate_experts is not None and immediate_experts != top_k:
-            raise SystemUnavailable(
-                f"fiddler runs the model's top-{top_k} routing, not {immediate_experts} experts"
-            )
+        self._check_expert_split(immediate_experts, deferred_experts)
         if n_tokens < 1:
             raise ValueError(f"n_tokens must be at least 1: {n_tokens}")
         cache = self._new_cache()
@@ -315,6 +320,7 @@ class FiddlerSystem:
         """Continue ``text`` (greedy at temperature 0), stopping at EOS, a stop string or
         ``max_new_tokens``; returns the new text only, cut before the first stop string."""
         model = self._require_model()
+        self._check_expert_split(sampling.immediate_experts, sampling.deferred_experts)
         tokenizer = self._get_tokenizer()
         ids = self._ids(tokenizer(text)["input_ids"])
         eos = self._eos_ids()
@@ -334,6 +340,36 @@ class FiddlerSystem:
             step = torch.tensor([[token]], dtype=torch.long, device=self._device)
             out = model(input_ids=step, past_key_values=cache, use_cache=True)
         return cut_at_stop(tokenizer.decode(new_ids, skip_special_tokens=True), sampling.stop)[0]
+
+    @torch.inference_mode()
+    def loglikelihood(
+        self,
+        context: str,
+        continuations: list[str],
+        immediate_experts: int | None = None,
+        deferred_experts: int = 0,
+    ) -> list[tuple[float, bool]]:
+        """Log-probability of each continuation after ``context`` and whether it is greedy
+        (one forward over context + continuation per continuation)."""
+        self._require_model()
+        self._check_expert_split(immediate_experts, deferred_experts)
+        tokenizer = self._get_tokenizer()
+
+        def encode(text: str) -> list[int]:
+            return list(tokenizer(text)["input_ids"])
+
+        eos = sorted(self._eos_ids())
+        out: list[tuple[float, bool]] = []
+        for continuation in continuations:
+            ctx, cont = encode_pair(encode, context, continuation, eos[0] if eos else None)
+            if not cont:
+                out.append((0.0, True))
+                continue
+            logits = self.forward_logits(ctx + cont)[len(ctx) - 1 : -1].double()
+            target = torch.tensor(cont, dtype=torch.long)
+            logp = torch.log_softmax(logits, dim=-1).gather(1, target[:, None]).sum()
+            out.append((float(logp), bool((logits.argmax(dim=-1) == target).all())))
+        return out
 
     # -- provenance and cleanup -------------------------------------------------------------
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from experiments.system_api import (
     PrefillTiming,
     Sampling,
     SystemUnavailable,
+    encode_pair,
 )
 
 DEFAULTS: dict[str, Any] = {
@@ -211,7 +213,30 @@ class EngineSystem:
             self._tokenizer = Tokenizer.from_file(str(path))
         return self._tokenizer
 
+    @contextmanager
+    def _experts(self, immediate: int | None, deferred: int) -> Iterator[MoECausalLM]:
+        """Run the block with the model's expert runner set to the immediate+deferred split
+        of its top-k (None+0: all immediate), then restore the previous runner."""
+        model, _ = self._ready()
+        top_k = model.config.top_k
+        now = top_k - deferred if immediate is None else immediate
+        if deferred < 0 or now + deferred != top_k:
+            raise EngineError(
+                f"immediate ({now}) + deferred ({deferred}) experts must equal the model's "
+                f"top-k ({top_k})"
+            )
+        before = model.expert_runner
+        set_expert_split(model, now, top_k)
+        try:
+            yield model
+        finally:
+            model.expert_runner = before
+
     def generate(self, text: str, sampling: Sampling) -> str:
+        with self._experts(sampling.immediate_experts, sampling.deferred_experts):
+            return self._generate(text, sampling)
+
+    def _generate(self, text: str, sampling: Sampling) -> str:
         model, cache = self._ready()
         tokenizer = self._tokenizer_for()
         prompt = tokenizer.encode(text).ids
@@ -239,6 +264,48 @@ class EngineSystem:
         )
         cache.reset()
         return cut_at_stop(decoded(new), stops)
+
+    def loglikelihood(
+        self,
+        context: str,
+        continuations: list[str],
+        immediate_experts: int | None = None,
+        deferred_experts: int = 0,
+    ) -> list[tuple[float, bool]]:
+        """Log-probability of each continuation after ``context`` and whether it is greedy.
+
+        The context is prefilled once; each continuation of more than one token runs as
+        one forward after it, then the cache is rewound to the context.
+        """
+        self._ready()
+        if not continuations:
+            return []
+        tokenizer = self._tokenizer_for()
+
+        def encode(text: str) -> list[int]:
+            return tokenizer.encode(text).ids
+
+        prefix = self._eos[0] if self._eos else None
+        pairs = [encode_pair(encode, context, c, prefix) for c in continuations]
+        ctx = pairs[0][0]  # the same for every continuation
+        with self._experts(immediate_experts, deferred_experts) as model:
+            cache = self._ready()[1]
+            out: list[tuple[float, bool]] = []
+            try:
+                cache.reset()
+                last = prefill(model, ctx, cache, self.prefill_chunk)[None]
+                base = cache.length
+                for _, cont in pairs:
+                    logits = last
+                    if len(cont) > 1:
+                        cache.length = base
+                        ids = torch.tensor(cont[:-1], dtype=torch.long, device=model.device)
+                        rest = model.forward(ids, cache, all_logits=True)
+                        logits = torch.cat([last, rest])
+                    out.append(score_continuation(logits, cont) if cont else (0.0, True))
+            finally:
+                cache.reset()
+            return out
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {
@@ -275,6 +342,18 @@ class EngineSystem:
         self._tokenizer = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def score_continuation(logits: torch.Tensor, cont: Sequence[int]) -> tuple[float, bool]:
+    """Sum of log-softmax(``logits[i]``)[``cont[i]``] and whether every ``cont[i]`` is the argmax.
+
+    ``logits[i]`` (float, ``[len(cont), vocab]``) are the logits that predict ``cont[i]``.
+    """
+    logits = logits.to(torch.float64)
+    target = torch.tensor(list(cont), dtype=torch.long, device=logits.device)
+    logp = torch.log_softmax(logits, dim=-1).gather(1, target[:, None]).sum()
+    greedy = bool((logits.argmax(dim=-1) == target).all())
+    return float(logp), greedy
 
 
 def cut_at_stop(text: str, stops: Sequence[str]) -> str:
