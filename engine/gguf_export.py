@@ -10,11 +10,17 @@ under llama.cpp's keys and the byte-level BPE vocabulary from ``tokenizer.json``
 Tensors are read one at a time (FP8 block-quantized weights dequantized with their
 ``_scale_inv``) and written straight to the file, so peak memory is one stacked expert
 tensor. ``export_gguf_cached`` reuses an up-to-date export and writes new ones atomically.
+Q8_0/Q4_0 are quantized by llama.cpp's own ``llama_model_quantize`` (from the F16 export)
+when llama-cpp-python is installed, else by gguf-py; :class:`LlamaCppLog` captures
+llama.cpp's log so its refusals carry their reason. ``main`` is ``hmoe export-gguf``.
+The vocabulary part lives in :mod:`engine.gguf_vocab`.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
+import importlib.util
 import json
 import logging
 import math
@@ -34,19 +40,36 @@ from gguf import (
     GGUFWriter,
     LlamaFileType,
     RopeScalingType,
-    TokenType,
 )
 from gguf.quants import quant_shape_to_byte_shape, quantize
 from safetensors import safe_open
 from tqdm import tqdm
 
 from engine.errors import UnsupportedModelError, WeightsError
+from engine.gguf_vocab import QWEN2_PRE_REGEX, pre_tokenizer_name, write_vocab
 from engine.loaders import gguf_names as names
 from engine.loaders.fp8 import SCALE_SUFFIX, block_size_from_config, dequant_fp8_block
 
+__all__ = [
+    "EXPORT_VERSION",
+    "OUT_TYPES",
+    "QUANTIZERS",
+    "QWEN2_PRE_REGEX",
+    "LlamaCppLog",
+    "arch_of",
+    "default_cache_dir",
+    "export_cache_key",
+    "export_gguf",
+    "export_gguf_cached",
+    "llamacpp_importable",
+    "pre_tokenizer_name",
+    "quantize_with_llamacpp",
+    "resolve_quantizer",
+]
+
 log = logging.getLogger(__name__)
 
-EXPORT_VERSION = 1  # part of the cache key: bump when the files this module writes change
+EXPORT_VERSION = 2  # part of the cache key: bump when the files this module writes change
 
 OUT_TYPES: dict[str, tuple[GGMLQuantizationType, LlamaFileType]] = {
     "f32": (GGMLQuantizationType.F32, LlamaFileType.ALL_F32),
@@ -55,11 +78,11 @@ OUT_TYPES: dict[str, tuple[GGMLQuantizationType, LlamaFileType]] = {
     "q8_0": (GGMLQuantizationType.Q8_0, LlamaFileType.MOSTLY_Q8_0),
     "q4_0": (GGMLQuantizationType.Q4_0, LlamaFileType.MOSTLY_Q4_0),
 }
-
-QWEN2_PRE_REGEX = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
+# Which code quantizes q8_0/q4_0: llama.cpp's own llama_model_quantize (through
+# llama-cpp-python, from an F16 export), gguf-py's numpy quantizers, or "auto" (llama.cpp
+# when llama-cpp-python is importable). Float types are always written by gguf-py.
+QUANTIZERS = ("auto", "llama.cpp", "gguf-py")
+_LLAMA_FTYPES = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0"}
 
 
 # -- reading the checkpoint -----------------------------------------------------------------
@@ -334,6 +357,30 @@ def _write_qwen2moe(w: GGUFWriter, cfg: dict[str, Any]) -> None:
     _write_rope(w, cfg, deepseek=False)
 
 
+def _expert_groups(cfg: dict[str, Any], v3: bool) -> tuple[int, int] | None:
+    """(group count, groups used) to write, or None when group-limited routing is a no-op.
+
+    llama.cpp aborts the process (GGML_ASSERT, no error return) unless 1 < groups <
+    experts, experts % groups == 0 and 0 < used < groups, so those are checked here. With
+    used >= groups (or one group) the limit selects every group: nothing is written. Note
+    that llama.cpp ranks groups by the sum of their two best scores (DeepSeek-V3's
+    ``noaux_tc``); V2's ``group_limited_greedy`` ranks them by the best score alone, so
+    V2 routing can differ from Hugging Face's (convert_hf_to_gguf.py writes the same keys).
+    """
+    if cfg.get("topk_method", "noaux_tc" if v3 else "greedy") == "greedy":
+        return None
+    n_group, used = int(cfg.get("n_group") or 1), int(cfg.get("topk_group") or 0)
+    experts = int(cfg["n_routed_experts"])
+    if n_group <= 1 or used >= n_group:
+        return None
+    if used < 1 or experts % n_group or n_group >= experts:
+        raise UnsupportedModelError(
+            f"expert groups n_group={n_group}, topk_group={used} with {experts} experts "
+            "cannot be expressed for llama.cpp"
+        )
+    return n_group, used
+
+
 def _write_deepseek2(w: GGUFWriter, cfg: dict[str, Any], legacy_kv_b: bool) -> None:
     v3 = cfg.get("model_type") == "deepseek_v3"
     _write_common(w, cfg, cfg["n_routed_experts"])
@@ -364,116 +411,130 @@ def _write_deepseek2(w: GGUFWriter, cfg: dict[str, Any], legacy_kv_b: bool) -> N
     w.add_expert_gating_func(
         ExpertGatingFuncType.SIGMOID if scoring == "sigmoid" else ExpertGatingFuncType.SOFTMAX
     )
-    if cfg.get("topk_method", "noaux_tc" if v3 else "greedy") != "greedy" and cfg.get("n_group"):
-        w.add_expert_group_count(int(cfg["n_group"]))
-        w.add_expert_group_used_count(int(cfg["topk_group"]))
+    groups = _expert_groups(cfg, v3)
+    if groups is not None:
+        w.add_expert_group_count(groups[0])
+        w.add_expert_group_used_count(groups[1])
     w.add_rope_dimension_count(rope)
     _write_rope(w, cfg, deepseek=True)
 
 
-# -- tokenizer ------------------------------------------------------------------------------
-def pre_tokenizer_name(tokenizer_json: dict[str, Any]) -> str:
-    """llama.cpp's ``tokenizer.ggml.pre`` name for a byte-level BPE tokenizer.json."""
-    pre = tokenizer_json.get("pre_tokenizer") or {}
-    parts = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
-    patterns = [
-        (p.get("pattern") or {}).get("Regex", "") for p in parts if p.get("type") == "Split"
-    ]
-    if QWEN2_PRE_REGEX in patterns:
-        return "qwen2"
-    if any(p.startswith(r"\s?[A-Za-zµ") for p in patterns):
-        return "deepseek-llm"
-    if r"\p{N}{1,3}" in patterns and any("一-龥" in p for p in patterns):
-        return "deepseek-v3"
-    if not patterns and any(
-        p.get("type") == "ByteLevel" and p.get("use_regex", True) for p in parts
-    ):
-        return "gpt-2"
-    return "default"
+# -- llama.cpp's own quantizer --------------------------------------------------------------
+def llamacpp_importable() -> bool:
+    """True when llama-cpp-python (module ``llama_cpp``) can be imported here."""
+    return importlib.util.find_spec("llama_cpp") is not None
 
 
-def _bytes_to_unicode() -> list[str]:
-    """GPT-2's printable stand-in for each byte (the byte-level BPE alphabet)."""
-    keep = [
-        *range(ord("!"), ord("~") + 1),
-        *range(ord("¡"), ord("¬") + 1),
-        *range(ord("®"), ord("ÿ") + 1),
-    ]
-    table, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            table[b] = chr(b)
-        else:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return [table[b] for b in range(256)]
+class LlamaCppLog:
+    """llama.cpp's and ggml's log lines, captured instead of printed while the block runs.
+
+    llama.cpp reports why it refuses a file or a quantization only in its log (stderr by
+    default); the lines are kept here so the error raised can carry that reason. The log
+    callback is process-wide: one callback is installed while any capture is open and
+    hands every line to all open captures (a model keeps one open for its lifetime);
+    when the last one closes, llama-cpp-python's own logger is put back.
+    """
+
+    LEVELS = {0: "none", 1: "debug", 2: "info", 3: "warn", 4: "error", 5: "cont"}  # ggml.h
+    _open: list[LlamaCppLog] = []
+    _callback: Any = None  # the installed ctypes callback (kept alive here)
+
+    def __init__(self) -> None:
+        import llama_cpp
+
+        self._llama_cpp = llama_cpp
+        self.lines: list[tuple[str, str]] = []  # (level, text)
+
+    @classmethod
+    def _on_log(cls, level: int, text: bytes, _user: ctypes.c_void_p) -> None:
+        piece = text.decode("utf-8", errors="replace") if text else ""
+        name = cls.LEVELS.get(int(level), "info")
+        for capture in cls._open:
+            if name == "cont" and capture.lines:
+                prev_level, prev = capture.lines[-1]
+                capture.lines[-1] = (prev_level, prev + piece)
+            else:
+                capture.lines.append((name, piece))
+
+    def __enter__(self) -> LlamaCppLog:
+        cls = type(self)
+        if not cls._open:
+            if cls._callback is None:
+                cls._callback = self._llama_cpp.llama_log_callback(cls._on_log)
+            self._llama_cpp.llama_log_set(cls._callback, ctypes.c_void_p(0))
+        cls._open.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        cls = type(self)
+        if self in cls._open:
+            cls._open.remove(self)
+        if cls._open:
+            return
+        try:
+            from llama_cpp import _logger
+
+            self._llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+        except ImportError:  # older llama-cpp-python: back to llama.cpp's default (stderr)
+            self._llama_cpp.llama_log_set(None, ctypes.c_void_p(0))
+
+    def text(self, since: int = 0) -> str:
+        """Everything logged (from line ``since`` on), as llama.cpp would have printed it."""
+        return "".join(t for _, t in self.lines[since:])
+
+    def reason(self, since: int = 0, last: int = 6) -> str:
+        """The error lines (else the warnings, else the last lines), joined with '; '."""
+        logged = [(lvl, t.strip()) for lvl, t in self.lines[since:] if t.strip()]
+        for wanted in (("error",), ("warn",), None):
+            lines = [t for lvl, t in logged if wanted is None or lvl in wanted]
+            if lines:
+                return "; ".join(lines[-last:])
+        return "llama.cpp logged no reason"
 
 
-def _token_id(tok: Any, vocab: dict[str, int]) -> int | None:
-    content = tok.get("content") if isinstance(tok, dict) else tok
-    return vocab.get(content) if isinstance(content, str) else None
+def quantize_with_llamacpp(src: Path, dst: Path, out_type: str, threads: int | None = None) -> Path:
+    """Quantize the F16/F32 GGUF ``src`` to ``dst`` with llama.cpp's ``llama_model_quantize``.
 
+    llama.cpp chooses each tensor's type as ``llama-quantize`` does (norms and routers stay
+    F32, Q4_0 files keep a higher-precision output tensor, rows that do not fit a block
+    fall back). A refusal raises WeightsError with llama.cpp's logged reason.
+    """
+    import llama_cpp
 
-def _write_vocab(w: GGUFWriter, model_dir: Path, cfg: dict[str, Any]) -> None:
-    n_vocab = cfg["vocab_size"]
-    tok_path = model_dir / "tokenizer.json"
-    tcfg_path = model_dir / "tokenizer_config.json"
-    tcfg = json.loads(tcfg_path.read_text()) if tcfg_path.is_file() else {}
-    if tok_path.is_file():
-        tj = json.loads(tok_path.read_text())
-        model = tj.get("model") or {}
-        if model.get("type") != "BPE":
-            raise UnsupportedModelError(
-                f"{tok_path}: only byte-level BPE tokenizers export to GGUF"
+    if out_type not in _LLAMA_FTYPES:
+        raise ValueError(f"llama.cpp quantizes to {sorted(_LLAMA_FTYPES)}, not {out_type!r}")
+    src, dst = Path(src), Path(dst)
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, _LLAMA_FTYPES[out_type])
+    params.nthread = int(threads or 0)  # 0 = all hardware threads
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f"{dst.name}.tmp{os.getpid()}")
+    try:
+        with LlamaCppLog() as llog:
+            rc = llama_cpp.llama_model_quantize(
+                str(src).encode(), str(tmp).encode(), ctypes.byref(params)
             )
-        vocab: dict[str, int] = dict(model["vocab"])
-        added = {a["id"]: a for a in tj.get("added_tokens", [])}
-        vocab.update({a["content"]: i for i, a in added.items()})
-        merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-        pre = pre_tokenizer_name(tj)
-    else:
-        log.warning("%s: no tokenizer.json; writing a synthetic byte-level vocabulary", model_dir)
-        vocab = {t: i for i, t in enumerate(_bytes_to_unicode()[:n_vocab])}
-        added, merges, pre = {}, [], "default"
-    if max(vocab.values()) >= n_vocab:
-        raise WeightsError(f"{tok_path}: token id {max(vocab.values())} >= vocab_size {n_vocab}")
-    reverse = {i: t for t, i in vocab.items()}
-    tokens, types = [], []
-    for i in range(n_vocab):
-        if i not in reverse:
-            tokens.append(f"[PAD{i}]")
-            types.append(TokenType.UNUSED)
-        elif i in added:
-            tokens.append(reverse[i])
-            types.append(TokenType.CONTROL if added[i].get("special") else TokenType.USER_DEFINED)
-        else:
-            tokens.append(reverse[i])
-            types.append(TokenType.NORMAL)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre(pre)
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges(merges)
-    for key, add in (
-        ("bos", w.add_bos_token_id),
-        ("eos", w.add_eos_token_id),
-        ("pad", w.add_pad_token_id),
-    ):
-        tid = cfg.get(f"{key}_token_id")
-        if isinstance(tid, list):
-            tid = tid[0] if tid else None
-        if tid is None:
-            tid = _token_id(tcfg.get(f"{key}_token"), vocab)
-        if tid is not None:
-            add(int(tid))
-    for key, add in (
-        ("add_bos_token", w.add_add_bos_token),
-        ("add_eos_token", w.add_add_eos_token),
-    ):
-        if isinstance(tcfg.get(key), bool):
-            add(tcfg[key])
-    if isinstance(tcfg.get("chat_template"), str):
-        w.add_chat_template(tcfg["chat_template"])
+        if rc != 0 or not tmp.is_file():
+            raise WeightsError(
+                f"llama.cpp could not quantize {src.name} to {out_type}: {llog.reason()}"
+            )
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dst
+
+
+def resolve_quantizer(quantizer: str, out_type: str) -> str:
+    """``llama.cpp`` or ``gguf-py``: who writes ``out_type`` for the requested ``quantizer``."""
+    if quantizer not in QUANTIZERS:
+        raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {quantizer!r}")
+    if out_type not in _LLAMA_FTYPES:
+        return "gguf-py"
+    if quantizer == "auto":
+        return "llama.cpp" if llamacpp_importable() else "gguf-py"
+    if quantizer == "llama.cpp" and not llamacpp_importable():
+        raise WeightsError("quantizer llama.cpp needs llama-cpp-python: pip install -e .[llamacpp]")
+    return quantizer
 
 
 # -- export ---------------------------------------------------------------------------------
@@ -508,15 +569,32 @@ def export_gguf(
     progress: bool = True,
     *,
     legacy_kv_b: bool = False,
+    quantizer: str = "gguf-py",
 ) -> Path:
     """Write ``model_dir`` (HF safetensors) as a llama.cpp GGUF of ``out_type``; returns the path.
 
     ``legacy_kv_b`` keeps DeepSeek's fused ``attn_kv_b`` (pre-MLA llama.cpp layout) instead
-    of the split ``attn_k_b`` / ``attn_v_b`` that current llama.cpp writes.
+    of the split ``attn_k_b`` / ``attn_v_b`` that current llama.cpp writes. ``quantizer``
+    (see :data:`QUANTIZERS`) picks who quantizes q8_0/q4_0; with llama.cpp an F16 export
+    is written to a temporary file first and quantized from it.
     """
     model_dir, out_path = Path(model_dir), Path(out_path)
     if out_type not in OUT_TYPES:
         raise ValueError(f"out_type must be one of {sorted(OUT_TYPES)}, got {out_type!r}")
+    if resolve_quantizer(quantizer, out_type) == "llama.cpp":
+        f16 = out_path.with_name(f"{out_path.name}.f16.tmp{os.getpid()}")
+        try:
+            _write_gguf(model_dir, f16, "f16", progress, legacy_kv_b)
+            return quantize_with_llamacpp(f16, out_path, out_type)
+        finally:
+            f16.unlink(missing_ok=True)
+    return _write_gguf(model_dir, out_path, out_type, progress, legacy_kv_b)
+
+
+def _write_gguf(
+    model_dir: Path, out_path: Path, out_type: str, progress: bool, legacy_kv_b: bool
+) -> Path:
+    """The gguf-py writer behind :func:`export_gguf` (atomic: a temporary file, then rename)."""
     base, ftype = OUT_TYPES[out_type]
     ck = _Checkpoint(model_dir)
     cfg = ck.config
@@ -530,7 +608,7 @@ def export_gguf(
         _write_deepseek2(w, cfg, legacy_kv_b)
     w.add_file_type(ftype)
     w.add_quantization_version(GGML_QUANT_VERSION)
-    _write_vocab(w, model_dir, cfg)
+    write_vocab(w, model_dir, cfg)
     for it in items:
         it.qtype = _tensor_type(it.name, it.shape, base)
         shape, np_dtype, nbytes = _nbytes(it.shape, it.qtype)
@@ -557,10 +635,20 @@ def export_gguf(
     return out_path
 
 
-def export_cache_key(model_dir: Path, out_type: str) -> str:
-    """Content key of an export: config.json bytes, other files' sizes/mtimes, out_type."""
+def export_cache_key(model_dir: Path, out_type: str, quantizer: str = "gguf-py") -> str:
+    """Content key of an export: config.json bytes, other files' sizes/mtimes, out_type.
+
+    Files quantized by llama.cpp also key on the llama-cpp-python version that wrote them.
+    """
     model_dir = Path(model_dir)
     h = hashlib.sha256(f"hmoe-gguf v{EXPORT_VERSION} {out_type}\n".encode())
+    if quantizer == "llama.cpp":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            h.update(f"llama.cpp quantizer {version('llama-cpp-python')}\n".encode())
+        except PackageNotFoundError:
+            h.update(b"llama.cpp quantizer unknown\n")
     h.update((model_dir / "config.json").read_bytes())
     for f in sorted(model_dir.iterdir()):
         if f.is_file() and f.suffix in (".safetensors", ".json") and f.name != "config.json":
@@ -578,14 +666,73 @@ def default_cache_dir(model_dir: Path) -> Path:
 
 
 def export_gguf_cached(
-    model_dir: Path, out_type: str = "f16", cache_dir: Path | None = None, progress: bool = False
+    model_dir: Path,
+    out_type: str = "f16",
+    cache_dir: Path | None = None,
+    progress: bool = False,
+    *,
+    quantizer: str = "auto",
 ) -> Path:
-    """An up-to-date GGUF export of ``model_dir``: reused when cached, else written atomically."""
+    """An up-to-date GGUF export of ``model_dir``: reused when cached, else written atomically.
+
+    With llama.cpp as the quantizer, q8_0/q4_0 are quantized from the cached F16 export
+    (written first if missing, and kept: full-precision points reuse it).
+    """
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise WeightsError(f"{model_dir}: no config.json")
+    if out_type not in OUT_TYPES:
+        raise ValueError(f"out_type must be one of {sorted(OUT_TYPES)}, got {out_type!r}")
+    arch_of(json.loads((model_dir / "config.json").read_text()), str(model_dir))
+    who = resolve_quantizer(quantizer, out_type)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir(model_dir)
-    out = cache / f"{model_dir.name}-{out_type}-{export_cache_key(model_dir, out_type)}.gguf"
+    key = export_cache_key(model_dir, out_type, who)
+    out = cache / f"{model_dir.name}-{out_type}-{key}.gguf"
     if out.is_file():
         return out
+    if who == "llama.cpp":
+        f16 = export_gguf_cached(model_dir, "f16", cache, progress, quantizer="gguf-py")
+        return quantize_with_llamacpp(f16, out, out_type)
     return export_gguf(model_dir, out, out_type, progress)
+
+
+# -- command line ---------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    """``hmoe export-gguf MODEL_DIR --type T [--out PATH]``: export and print the GGUF's path.
+
+    Without ``--out`` the export goes to the cache beside the model (reused when up to
+    date); with it, to PATH (overwritten).
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="hmoe export-gguf",
+        description="Export a Hugging Face safetensors MoE model (Qwen2-MoE, DeepSeek-V2/V3) "
+        "to a GGUF file for llama.cpp and print its path.",
+    )
+    parser.add_argument("model_dir", type=Path)
+    parser.add_argument("--type", dest="out_type", default="f16", choices=sorted(OUT_TYPES))
+    parser.add_argument("--out", type=Path, default=None, help="default: cached beside the model")
+    parser.add_argument("--quantizer", default="auto", choices=QUANTIZERS)
+    parser.add_argument("--legacy-kv-b", action="store_true", help="DeepSeek: fused attn_kv_b")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    if not args.model_dir.is_dir():
+        raise WeightsError(f"{args.model_dir}: not a model directory")
+    if args.out is None and args.legacy_kv_b:
+        parser.error("--legacy-kv-b needs --out (the cache holds the current layout)")
+    if args.out is None:
+        path = export_gguf_cached(
+            args.model_dir, args.out_type, progress=not args.no_progress, quantizer=args.quantizer
+        )
+    else:
+        path = export_gguf(
+            args.model_dir,
+            args.out,
+            args.out_type,
+            not args.no_progress,
+            legacy_kv_b=args.legacy_kv_b,
+            quantizer=args.quantizer,
+        )
+    print(path)
+    return 0

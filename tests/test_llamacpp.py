@@ -201,6 +201,37 @@ def test_llama_bench_failure_surfaces_its_stderr(tmp_path):
         LlamaBench(str(tmp_path / "nope"), tmp_path / "m.gguf", plan_placement("cpu", False))
 
 
+def test_bench_binary_needs_no_llama_cpp_python(monkeypatch, tmp_path):
+    """A user's own llama-bench runs the points; generate needs the in-process path."""
+    real_import = builtins.__import__
+
+    def no_llama_cpp(name, *args, **kwargs):
+        if name == "llama_cpp" or name.startswith("llama_cpp."):
+            raise ModuleNotFoundError("No module named 'llama_cpp'", name="llama_cpp")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delitem(sys.modules, "llama_cpp", raising=False)
+    monkeypatch.setattr(builtins, "__import__", no_llama_cpp)
+    from baselines.llamacpp import LlamaCppSystem
+
+    exe = _fake_bench(tmp_path, [400_000_000, 200_000_000, 100_000_000])
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"not read by the stand-in llama-bench")
+    spec = ModelSpec("m", "qw2", "m", "qwen2_moe", tmp_path, "x", False, 1, 1, {"bf16": gguf})
+    system = LlamaCppSystem({"device": "cuda", "bench_binary": str(exe)})
+    system.load(spec, "bf16")
+    assert system.prefill(list(range(512))).seconds == pytest.approx(0.4)
+    decode = system.decode(list(range(32)), 128)
+    assert decode.decode_tokens == 128 and decode.decode_seconds == pytest.approx(0.4)
+    argv = (tmp_path / "argv.txt").read_text().splitlines()
+    assert "-p 512 -n 0" in argv[0] and "-p 0 -n 128" in argv[1] and "-ot exps=CPU" in argv[0]
+    facts = system.describe()
+    assert facts["runner"] == "llama-bench" and facts["llama_bench"]["build_commit"] == "abc1234"
+    with pytest.raises(SystemUnavailable, match="bench_binary"):
+        system.generate("hi", Sampling(max_new_tokens=2))
+    system.close()
+
+
 # -- the real llama.cpp ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_qwen(model_cache: Path) -> ModelSpec:

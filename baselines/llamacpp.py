@@ -1,0 +1,408 @@
+"""The llama.cpp baseline as harness system ``llamacpp`` (llama-cpp-python, hybrid placement).
+
+The model file is the configured GGUF for the point's precision (``ModelSpec.gguf``, e.g.
+from QW2_GGUF_F16) or an export of the safetensors directory (cached beside the model):
+full precision (the harness's ``bf16``) is GGUF F16 (BF16 with ``full_precision: bf16``),
+``int8`` is Q8_0 and ``int4`` is Q4_0, quantized by llama.cpp itself. Placement as in the
+paper's baseline (see :mod:`baselines.llamacpp_placement`). Measurement as llama-bench:
+a prefill is one ``llama_decode`` of the whole prompt (n_batch = n_ubatch = prompt length
+unless ``n_ubatch`` is set) from an empty KV cache; a decode prefills the prompt, then
+runs single-token ``llama_decode`` steps, each fed the argmax of the previous logits. The
+harness's real-text prompt ids are used (llama-bench would feed random ids). With
+``bench_binary`` a llama-bench executable is run instead (:mod:`baselines.llamacpp_bench`).
+``generate`` and ``loglikelihood`` run on the same loaded model with llama.cpp's own
+tokenizer and sampler chain (llama-cpp-python's ``Llama`` class cannot take tensor
+buffer overrides, and a second load would double the memory).
+
+Options (conf/system/llamacpp.yaml): ``device`` auto|cpu|cuda, ``threads`` (null =
+physical cores), ``kv_on_cpu``, ``n_ubatch`` (null = prompt length), ``kv_type`` (KV cache
+type, -ctk/-ctv), ``flash_attn`` (null = llama.cpp's auto), ``use_mmap``,
+``cpu_tensors`` (regexes kept in CPU memory on a GPU), ``full_precision`` f16|bf16,
+``quantizer`` auto|llama.cpp|gguf-py, ``cache_dir`` (null = beside the model),
+``bench_binary``, ``bench_repetitions``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from baselines.llamacpp_bench import LlamaBench
+from baselines.llamacpp_placement import (
+    Ggml,
+    Placement,
+    buffers_from_log,
+    cpu_features,
+    import_llama_cpp,
+    overridden_tensors,
+    plan_placement,
+)
+from baselines.llamacpp_runtime import KV_TYPES, LlamaCppError, LlamaCppModel
+from engine.gguf_export import OUT_TYPES, QUANTIZERS, export_gguf_cached
+from engine.system import cut_at_stop
+from experiments.system_api import (
+    DecodeTiming,
+    ModelSpec,
+    PrefillTiming,
+    Sampling,
+    SystemUnavailable,
+    encode_pair,
+)
+
+# harness precision -> GGUF type ("bf16" is the harness's name for full precision)
+PRECISION_TYPES = {"bf16": None, "fp16": "f16", "fp32": "f32", "int8": "q8_0", "int4": "q4_0"}
+SCORING_UBATCH = 512  # micro-batch for untimed work (generate, loglikelihood): llama.cpp's default
+_IGNORED_KEYS = frozenset({"impl", "name"})
+
+
+@dataclass(frozen=True)
+class LlamaCppConfig:
+    """The ``options`` of conf/system/llamacpp.yaml (see the module docstring)."""
+
+    device: str = "auto"
+    threads: int | None = None
+    kv_on_cpu: bool = True
+    n_ubatch: int | None = None
+    kv_type: str = "f16"
+    flash_attn: bool | None = None
+    use_mmap: bool = False
+    cpu_tensors: tuple[str, ...] = ("exps",)
+    full_precision: str = "f16"
+    quantizer: str = "auto"
+    cache_dir: str | None = None
+    bench_binary: str | None = None
+    bench_repetitions: int = 3
+
+    @classmethod
+    def from_mapping(cls, cfg: Mapping[str, Any] | None) -> LlamaCppConfig:
+        """Validate the options; unknown keys are errors naming the known ones."""
+        values = {k: v for k, v in dict(cfg or {}).items() if k not in _IGNORED_KEYS}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown llamacpp option(s) {unknown}; known: {sorted(known)}")
+        if "cpu_tensors" in values:
+            values["cpu_tensors"] = tuple(values["cpu_tensors"] or ())
+        conf = cls(**values)
+        if conf.full_precision not in ("f16", "bf16"):
+            raise ValueError(f"full_precision must be f16 or bf16, got {conf.full_precision!r}")
+        if conf.quantizer not in QUANTIZERS:
+            raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {conf.quantizer!r}")
+        if conf.n_ubatch is not None and (not isinstance(conf.n_ubatch, int) or conf.n_ubatch < 1):
+            raise ValueError(f"n_ubatch must be a positive int or null, got {conf.n_ubatch!r}")
+        if conf.kv_type not in KV_TYPES:
+            raise ValueError(f"kv_type must be one of {sorted(KV_TYPES)}, got {conf.kv_type!r}")
+        if conf.bench_repetitions < 1:
+            raise ValueError(f"bench_repetitions must be >= 1, got {conf.bench_repetitions}")
+        return conf
+
+
+class LlamaCppSystem:
+    """System ``llamacpp``: llama.cpp with routed experts in CPU memory (see module docstring)."""
+
+    name = "llamacpp"
+
+    def __init__(self, cfg: Mapping[str, Any] | None = None) -> None:
+        self.config = LlamaCppConfig.from_mapping(cfg)
+        self.lib: Any = None
+        if self.config.bench_binary:  # a user's llama-bench needs no llama-cpp-python
+            try:
+                self.lib = import_llama_cpp()
+            except SystemUnavailable:
+                self.lib = None
+        else:
+            self.lib = import_llama_cpp()
+        if self.lib is not None:
+            self.gpu_offload = bool(self.lib.llama_supports_gpu_offload())
+        else:  # trust the user's llama-bench build to have the GPU backend asked for
+            self.gpu_offload = _gpu_present(str(self.config.device))
+        self.placement: Placement = plan_placement(
+            str(self.config.device),
+            self.gpu_offload,
+            cpu_tensors=self.config.cpu_tensors,
+            kv_on_cpu=self.config.kv_on_cpu,
+            threads=self.config.threads,
+            use_mmap=self.config.use_mmap,
+        )
+        self.model: LlamaCppModel | None = None
+        self.bench: LlamaBench | None = None
+        self.gguf: Path | None = None
+        self.gguf_origin = ""
+        self.gguf_type = ""
+        self.precision = ""
+        self.top_k: int | None = None
+
+    # -- loading -----------------------------------------------------------------------------
+    def gguf_type_for(self, precision: str) -> str:
+        """The GGUF type that stands for the harness's ``precision``."""
+        if precision not in PRECISION_TYPES:
+            raise SystemUnavailable(
+                f"llamacpp runs precisions {sorted(PRECISION_TYPES)}, not {precision!r}"
+            )
+        return PRECISION_TYPES[precision] or self.config.full_precision
+
+    def _model_file(self, spec: ModelSpec, precision: str) -> Path:
+        out_type = self.gguf_type_for(precision)
+        assert out_type in OUT_TYPES
+        self.gguf_type = out_type
+        configured = spec.gguf.get(precision)
+        if configured is not None:
+            self.gguf_origin = "configured"
+            return Path(configured)
+        cache = Path(self.config.cache_dir) if self.config.cache_dir else None
+        path = export_gguf_cached(
+            Path(spec.path), out_type, cache, progress=False, quantizer=self.config.quantizer
+        )
+        self.gguf_origin = f"exported from {spec.path}"
+        return path
+
+    def load(self, model: ModelSpec, precision: str) -> None:
+        """Export (or reuse) the GGUF for ``precision`` and load it with the placement."""
+        self.close()
+        path = self._model_file(model, precision)
+        self.top_k = _expert_used_count(path)
+        if self.config.bench_binary:
+            self.bench = LlamaBench(
+                self.config.bench_binary,
+                path,
+                self.placement,
+                repetitions=self.config.bench_repetitions,
+                n_ubatch=self.config.n_ubatch,
+            )
+        else:
+            self.model = LlamaCppModel(
+                path, self.placement, self.config.kv_type, self.config.flash_attn
+            )
+        self.gguf, self.precision = path, precision
+
+    def _ready(self) -> LlamaCppModel:
+        if self.model is None:
+            if self.bench is not None:
+                raise SystemUnavailable(
+                    "llamacpp with bench_binary only measures prefill and decode; "
+                    "generate/loglikelihood need the in-process llama-cpp-python path"
+                )
+            raise LlamaCppError("llamacpp: call load() before running the model")
+        return self.model
+
+    def _ubatch(self, n_tokens: int) -> int:
+        return self.config.n_ubatch or max(1, n_tokens)
+
+    def _check_experts(self, immediate: int | None, deferred: int) -> None:
+        if deferred and deferred > 0:
+            raise SystemUnavailable("llama.cpp has no expert deferral")
+        if immediate is not None and self.top_k is not None and immediate != self.top_k:
+            raise SystemUnavailable(
+                f"llama.cpp runs all top-{self.top_k} experts; "
+                f"immediate_experts={immediate} is not available"
+            )
+
+    # -- measuring ---------------------------------------------------------------------------
+    def prefill(self, prompt_ids: list[int]) -> PrefillTiming:
+        """One ``llama_decode`` of the whole prompt from an empty KV cache, timed."""
+        n = len(prompt_ids)
+        if n == 0:
+            raise ValueError("prefill needs at least one prompt token")
+        if self.bench is not None:
+            return PrefillTiming(tokens=n, seconds=self.bench.seconds(n, 0))
+        m = self._ready()
+        ubatch = self._ubatch(n)
+        m.ensure_context(n, ubatch, max(n, ubatch))
+        m.clear()
+        m.prepare(prompt_ids, 0)
+        m.synchronize()
+        t0 = time.perf_counter()
+        m.run()
+        m.synchronize()
+        seconds = time.perf_counter() - t0
+        m.clear()
+        return PrefillTiming(tokens=n, seconds=seconds)
+
+    def decode(
+        self,
+        prompt_ids: list[int],
+        n_tokens: int,
+        immediate_experts: int | None = None,
+        deferred_experts: int = 0,
+    ) -> DecodeTiming:
+        """Prefill the prompt, then ``n_tokens`` greedy single-token ``llama_decode`` steps."""
+        self._check_experts(immediate_experts, deferred_experts)
+        p = len(prompt_ids)
+        if p == 0:
+            raise ValueError("decode needs at least one prompt token")
+        if self.bench is not None:
+            return DecodeTiming(
+                prompt_tokens=p,
+                prefill_seconds=0.0,
+                decode_tokens=n_tokens,
+                decode_seconds=self.bench.seconds(0, n_tokens),
+            )
+        m = self._ready()
+        ubatch = self._ubatch(p)
+        m.ensure_context(p + n_tokens + 1, ubatch, max(p, ubatch))
+        m.clear()
+        m.prepare(prompt_ids, 0)
+        m.synchronize()
+        t0 = time.perf_counter()
+        m.run()
+        token = int(np.argmax(m.logits(-1)))
+        t1 = time.perf_counter()
+        tokens = []
+        for i in range(n_tokens):
+            tokens.append(token)
+            m.prepare_one(token, p + i)
+            m.run()
+            token = int(np.argmax(m.logits(-1)))
+        m.synchronize()
+        t2 = time.perf_counter()
+        m.clear()
+        return DecodeTiming(
+            prompt_tokens=p,
+            prefill_seconds=t1 - t0,
+            decode_tokens=n_tokens,
+            decode_seconds=t2 - t1,
+            token_ids=tuple(tokens),
+        )
+
+    # -- text --------------------------------------------------------------------------------
+    def generate(self, text: str, sampling: Sampling) -> str:
+        """Sample a continuation with llama.cpp's samplers (greedy at temperature 0)."""
+        self._check_experts(
+            getattr(sampling, "immediate_experts", None), getattr(sampling, "deferred_experts", 0)
+        )
+        m = self._ready()
+        prompt = m.tokenize(text)
+        if not prompt:
+            raise ValueError("llamacpp.generate: the prompt encodes to no tokens")
+        budget = max(0, sampling.max_new_tokens)
+        m.ensure_context(len(prompt) + budget + 1, self.config.n_ubatch or SCORING_UBATCH, 0)
+        stops = tuple(s for s in sampling.stop if s)
+        chain = m.sampler(sampling.temperature, sampling.top_p, sampling.seed)
+        out: list[int] = []
+        try:
+            m.clear()
+            m.forward(prompt, 0)
+            while len(out) < budget:
+                token = m.sample(chain)
+                if m.is_eog(token):
+                    break
+                out.append(token)
+                if stops and any(s in m.detokenize(out) for s in stops):
+                    break
+                m.prepare_one(token, len(prompt) + len(out) - 1)
+                m.run()
+        finally:
+            self.lib.llama_sampler_free(chain)
+            m.clear()
+        return cut_at_stop(m.detokenize(out), stops)
+
+    def loglikelihood(
+        self,
+        context: str,
+        continuations: list[str],
+        immediate_experts: int | None = None,
+        deferred_experts: int = 0,
+    ) -> list[tuple[float, bool]]:
+        """Summed log-probability of each continuation after ``context``, and if it is greedy."""
+        self._check_experts(immediate_experts, deferred_experts)
+        m = self._ready()
+        results: list[tuple[float, bool]] = []
+        for continuation in continuations:
+            ctx, cont = encode_pair(m.tokenize, context, continuation, m.eos())
+            if not cont:
+                results.append((0.0, True))
+                continue
+            tokens = ctx + cont
+            total = len(tokens)
+            m.ensure_context(total + 1, self.config.n_ubatch or SCORING_UBATCH, total, total)
+            m.clear()
+            m.prepare(tokens, 0, all_logits=True)
+            m.run()
+            logprob, greedy = 0.0, True
+            for j, tok in enumerate(cont):
+                row = m.logits(len(ctx) - 1 + j).astype(np.float64)
+                top = float(row.max())
+                logprob += float(row[tok]) - top - math.log(float(np.exp(row - top).sum()))
+                greedy = greedy and int(np.argmax(row)) == tok
+            m.clear()
+            results.append((logprob, greedy))
+        return results
+
+    # -- facts -------------------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        """The placement llama.cpp actually used, its build and the machine it reported."""
+        system_info = (
+            self.lib.llama_print_system_info().decode(errors="replace") if self.lib else ""
+        )
+        info: dict[str, Any] = {
+            "system": self.name,
+            "llama_cpp_python": getattr(self.lib, "__version__", "not installed"),
+            "runner": "llama-bench" if self.bench is not None else "llama-cpp-python",
+            "gguf": str(self.gguf) if self.gguf else None,
+            "gguf_type": self.gguf_type,
+            "gguf_origin": self.gguf_origin,
+            "precision": self.precision,
+            "placement": self.placement.as_dict(),
+            "n_ubatch": self.config.n_ubatch or "prompt length (one micro-batch per prefill)",
+            "gpu_offload_supported": self.gpu_offload,
+            "system_info": system_info.strip(),
+            "cpu_features": cpu_features(system_info),
+            "measurement": (
+                "prefill: one llama_decode of the prompt from an empty KV cache; decode: "
+                "single-token llama_decode steps fed the argmax; real-text prompt ids"
+            ),
+        }
+        try:
+            info["devices"] = Ggml(self.lib).devices() if self.lib else "see llama_bench"
+        except (SystemUnavailable, OSError, AttributeError) as exc:
+            info["devices"] = f"unavailable: {exc}"
+        if self.model is not None:
+            log = self.model.load_log + self.model.context_log
+            info["model_desc"] = self.model.description()
+            info["buffers_mib"] = buffers_from_log(log)
+            info["tensors_overridden"] = overridden_tensors(self.model.load_log)
+            info["context"] = {**self.model.actual, "flash_attn_type": self.model.flash_attn}
+        if self.bench is not None:
+            info["measurement"] = (
+                "llama-bench: random token ids, its own warm-up, repetitions as trials; "
+                "decode measured from an empty context (-p 0 -n N)"
+            )
+            info["llama_bench"] = {**self.bench.facts, "commands": self.bench.commands[-4:]}
+        return info
+
+    def close(self) -> None:
+        if self.model is not None:
+            self.model.close()
+        self.model = None
+        self.bench = None
+
+
+def _gpu_present(device: str) -> bool:
+    """Whether ``device`` means a GPU (``auto``: when torch sees a CUDA device)."""
+    if device == "auto":
+        import torch
+
+        return bool(torch.cuda.is_available())
+    return device != "cpu"
+
+
+def _expert_used_count(path: Path) -> int | None:
+    """``{arch}.expert_used_count`` of a GGUF (the routed top-k), None when unreadable."""
+    try:
+        from gguf import GGUFReader
+
+        reader = GGUFReader(path, "r")
+        arch_field = reader.get_field("general.architecture")
+        if arch_field is None:
+            return None
+        arch = arch_field.contents()
+        used = reader.get_field(f"{arch}.expert_used_count")
+        return int(used.contents()) if used is not None else None
+    except Exception:  # noqa: BLE001 - llama.cpp itself reports what is wrong with the file
+        return None
