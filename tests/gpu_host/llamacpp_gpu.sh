@@ -10,7 +10,7 @@
 #      decode, then the bundled engine on the same slice and prompts, one results table
 #   4. results.csv, provenance.json, report.md and a summary to $OUT
 # Usage (repo root): OUT=/some/dir tests/gpu_host/llamacpp_gpu.sh SDIST|WHEEL|PIECES_DIR
-# Knobs: HMOE_LIMIT_S (whole-script budget, default 530 s), LLAMA_THREADS (default nproc),
+# Knobs: HMOE_LIMIT_S (whole-script budget, default 530 s), HMOE_SAVE_WHEEL (default 1), LLAMA_THREADS (default nproc),
 # LAYERS (slice layers, default 1), PREFILL (default [512,2048,8192]), DECODE (default 128).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -80,10 +80,12 @@ else
     echo "build exit $rc after $((SECONDS - t0))s"
     WHEEL=$(ls /tmp/hmoe-wheel/llama_cpp_python-*.whl 2>/dev/null | head -1)
     [ "$rc" = 0 ] && [ -n "$WHEEL" ] || exit 1
-    mkdir -p "$OUT/wheel"
-    split -b 15m -d -a 2 "$WHEEL" "$OUT/wheel/$(basename "$WHEEL").part-"
-    (cd /tmp/hmoe-wheel && sha256sum "$(basename "$WHEEL")") >"$OUT/wheel/SHA256SUMS"
-    ls -l "$OUT/wheel"
+    if [ "${HMOE_SAVE_WHEEL:-1}" = 1 ]; then  # 0: keep $OUT's few file slots for results
+      mkdir -p "$OUT/wheel"
+      split -b 15m -d -a 2 "$WHEEL" "$OUT/wheel/$(basename "$WHEEL").part-"
+      (cd /tmp/hmoe-wheel && sha256sum "$(basename "$WHEEL")") >"$OUT/wheel/SHA256SUMS"
+      ls -l "$OUT/wheel"
+    fi
   else
     echo "usage: $0 SDIST.tar.gz | WHEEL.whl | DIR_WITH_WHEEL_PIECES"
     exit 2
