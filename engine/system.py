@@ -34,6 +34,7 @@ from experiments.system_api import (
     PrefillTiming,
     Sampling,
     SystemUnavailable,
+    cut_at_stop,
     encode_pair,
 )
 
@@ -354,13 +355,3 @@ def score_continuation(logits: torch.Tensor, cont: Sequence[int]) -> tuple[float
     logp = torch.log_softmax(logits, dim=-1).gather(1, target[:, None]).sum()
     greedy = bool((logits.argmax(dim=-1) == target).all())
     return float(logp), greedy
-
-
-def cut_at_stop(text: str, stops: Sequence[str]) -> str:
-    """``text`` up to the earliest occurrence of any stop string (all of it if none occurs)."""
-    cut = len(text)
-    for stop in stops:
-        at = text.find(stop)
-        if 0 <= at < cut:
-            cut = at
-    return text[:cut]

@@ -22,27 +22,10 @@ import pandas as pd
 
 from experiments.atomic_write import atomic_write
 from experiments.errors import HmoeError
-from experiments.schema import RESULT_COLUMNS, STATUS_OK
+from experiments.schema import NUMERIC_COLUMNS, RESULT_COLUMNS, STATUS_OK
 
 RESULTS_FILE = "results.csv"
 PARQUET_FILE = "results.parquet"
-
-_NUMERIC = (
-    "layers_run",
-    "layers_total",
-    "immediate_experts",
-    "deferred_experts",
-    "prompt_tokens",
-    "decode_tokens",
-    "trial",
-    "seconds",
-    "tokens_per_s",
-    "score",
-    "cpu_util_pct",
-    "peak_rss_mb",
-    "gpu_util_pct",
-    "gpu_mem_mb",
-)
 
 
 def _cell(value: Any) -> str:
@@ -184,7 +167,7 @@ def load_results(results_dir: Path) -> pd.DataFrame:
     # Keep, for every point, only the rows of its last write (ISO timestamps sort as text).
     latest = df.groupby("point_id")["timestamp"].transform("max")
     df = df[df["timestamp"] == latest].reset_index(drop=True)
-    for col in _NUMERIC:
+    for col in NUMERIC_COLUMNS:
         df[col] = pd.to_numeric(df[col], errors="coerce")
     df["synthetic"] = df["synthetic"].str.lower().isin(["true", "1"])
     return df

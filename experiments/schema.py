@@ -53,6 +53,24 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "timestamp",  # UTC ISO time the row was written
 )
 
+# Result columns holding numbers (everything else is text, plus the bool ``synthetic``).
+NUMERIC_COLUMNS: tuple[str, ...] = (
+    "layers_run",
+    "layers_total",
+    "immediate_experts",
+    "deferred_experts",
+    "prompt_tokens",
+    "decode_tokens",
+    "trial",
+    "seconds",
+    "tokens_per_s",
+    "score",
+    "cpu_util_pct",
+    "peak_rss_mb",
+    "gpu_util_pct",
+    "gpu_mem_mb",
+)
+
 # Columns of reference_results/*.csv (the paper's numbers in this schema).
 REFERENCE_COLUMNS: tuple[str, ...] = (
     "experiment",

@@ -10,7 +10,7 @@ a system whose optional dependency is missing fails with :class:`SystemUnavailab
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -183,3 +183,13 @@ def load_system_class(impl: str) -> type:
         return getattr(module, class_name)
     except AttributeError as exc:
         raise SystemUnavailable(f"{module_name!r} has no class {class_name!r}") from exc
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> str:
+    """``text`` up to the earliest occurrence of any stop string (all of it if none occurs)."""
+    cut = len(text)
+    for stop in stops:
+        at = text.find(stop)
+        if 0 <= at < cut:
+            cut = at
+    return text[:cut]

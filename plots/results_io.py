@@ -16,27 +16,11 @@ import pandas as pd
 
 from experiments.errors import HmoeError
 from experiments.results_store import load_results as store_load_results
-from experiments.schema import RESULT_COLUMNS
+from experiments.schema import NUMERIC_COLUMNS, RESULT_COLUMNS
 
 RESULTS_CSV = "results.csv"
 PROVENANCE_JSON = "provenance.json"
 
-NUMERIC_COLUMNS = (
-    "layers_run",
-    "layers_total",
-    "immediate_experts",
-    "deferred_experts",
-    "prompt_tokens",
-    "decode_tokens",
-    "trial",
-    "seconds",
-    "tokens_per_s",
-    "score",
-    "cpu_util_pct",
-    "peak_rss_mb",
-    "gpu_util_pct",
-    "gpu_mem_mb",
-)
 BOOL_COLUMNS = ("synthetic",)
 _TRUE_TEXT = {"true", "1", "yes", "y", "t"}
 
