@@ -14,6 +14,12 @@ harness's real-text prompt ids are used (llama-bench would feed random ids). Wit
 tokenizer and sampler chain (llama-cpp-python's ``Llama`` class cannot take tensor
 buffer overrides, and a second load would double the memory).
 
+llama.cpp never runs in the harness's process: torch's and llama.cpp's CUDA libraries
+crash each other in one process, so the model lives in a torch-free worker process
+(:mod:`baselines.llamacpp_worker`, driven through :mod:`baselines.llamacpp_remote`) that
+times its own llama.cpp calls; GGUF quantization runs in a child of its own too. A worker
+that dies fails the call in flight with a RuntimeError, and the next load starts a new one.
+
 Options (conf/system/llamacpp.yaml): ``device`` auto|cpu|cuda, ``threads`` (null =
 physical cores), ``kv_on_cpu``, ``n_ubatch`` (null = prompt length), ``kv_type`` (KV cache
 type, -ctk/-ctv), ``flash_attn`` (null = llama.cpp's auto), ``use_mmap``,
@@ -24,27 +30,16 @@ type, -ctk/-ctv), ``flash_attn`` (null = llama.cpp's auto), ``use_mmap``,
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from baselines.llamacpp_bench import LlamaBench
-from baselines.llamacpp_placement import (
-    Ggml,
-    Placement,
-    buffers_from_log,
-    cpu_features,
-    import_llama_cpp,
-    overridden_tensors,
-    plan_placement,
-)
-from baselines.llamacpp_runtime import KV_TYPES, LlamaCppError, LlamaCppModel
-from engine.gguf_export import OUT_TYPES, QUANTIZERS, export_gguf_cached
+from baselines.llamacpp_placement import INSTALL_HINT, Placement, cpu_features, plan_placement
+from baselines.llamacpp_remote import LlamaCppWorker, LlamaCppWorkerDied
+from baselines.llamacpp_runtime import KV_TYPES, LlamaCppError
+from engine.gguf_export import OUT_TYPES, QUANTIZERS, export_gguf_cached, llamacpp_importable
 from engine.system import cut_at_stop
 from experiments.system_api import (
     DecodeTiming,
@@ -52,12 +47,10 @@ from experiments.system_api import (
     PrefillTiming,
     Sampling,
     SystemUnavailable,
-    encode_pair,
 )
 
 # harness precision -> GGUF type ("bf16" is the harness's name for full precision)
 PRECISION_TYPES = {"bf16": None, "fp16": "f16", "fp32": "f32", "int8": "q8_0", "int4": "q4_0"}
-SCORING_UBATCH = 512  # micro-batch for untimed work (generate, loglikelihood): llama.cpp's default
 _IGNORED_KEYS = frozenset({"impl", "name"})
 
 
@@ -110,16 +103,22 @@ class LlamaCppSystem:
 
     def __init__(self, cfg: Mapping[str, Any] | None = None) -> None:
         self.config = LlamaCppConfig.from_mapping(cfg)
-        self.lib: Any = None
-        if self.config.bench_binary:  # a user's llama-bench needs no llama-cpp-python
+        self.worker: LlamaCppWorker | None = None
+        self.model: LlamaCppWorker | None = None  # the worker, once it holds a loaded model
+        # what the worker's llama.cpp build is (None: no usable llama-cpp-python); a user's
+        # llama-bench needs no llama-cpp-python
+        self.probe: dict[str, Any] | None = None
+        if llamacpp_importable():  # found without importing it (it must not load here)
             try:
-                self.lib = import_llama_cpp()
+                self.probe = self._worker().probe()
             except SystemUnavailable:
-                self.lib = None
-        else:
-            self.lib = import_llama_cpp()
-        if self.lib is not None:
-            self.gpu_offload = bool(self.lib.llama_supports_gpu_offload())
+                self.close()
+                if not self.config.bench_binary:
+                    raise
+        elif not self.config.bench_binary:
+            raise SystemUnavailable(f"llama-cpp-python is not installed; {INSTALL_HINT}")
+        if self.probe is not None:
+            self.gpu_offload = bool(self.probe["gpu_offload"])
         else:  # trust the user's llama-bench build to have the GPU backend asked for
             self.gpu_offload = _gpu_present(str(self.config.device))
         self.placement: Placement = plan_placement(
@@ -130,7 +129,6 @@ class LlamaCppSystem:
             threads=self.config.threads,
             use_mmap=self.config.use_mmap,
         )
-        self.model: LlamaCppModel | None = None
         self.bench: LlamaBench | None = None
         self.gguf: Path | None = None
         self.gguf_origin = ""
@@ -139,6 +137,23 @@ class LlamaCppSystem:
         self.top_k: int | None = None
 
     # -- loading -----------------------------------------------------------------------------
+    def _worker(self) -> LlamaCppWorker:
+        """The worker process, started anew when there is none or it has died."""
+        if self.worker is None or not self.worker.alive:
+            if self.worker is not None:
+                self.worker.close()
+            self.worker = LlamaCppWorker()
+        return self.worker
+
+    def _unload(self) -> None:
+        """Free the loaded model (the worker stays up for the next load)."""
+        self.model, self.bench = None, None
+        if self.worker is not None and self.worker.alive:
+            try:
+                self.worker.unload()
+            except LlamaCppWorkerDied:
+                self.close()
+
     def gguf_type_for(self, precision: str) -> str:
         """The GGUF type that stands for the harness's ``precision``."""
         if precision not in PRECISION_TYPES:
@@ -164,10 +179,11 @@ class LlamaCppSystem:
 
     def load(self, model: ModelSpec, precision: str) -> None:
         """Export (or reuse) the GGUF for ``precision`` and load it with the placement."""
-        self.close()
+        self._unload()
         path = self._model_file(model, precision)
         self.top_k = _expert_used_count(path)
         if self.config.bench_binary:
+            self.close()
             self.bench = LlamaBench(
                 self.config.bench_binary,
                 path,
@@ -176,23 +192,26 @@ class LlamaCppSystem:
                 n_ubatch=self.config.n_ubatch,
             )
         else:
-            self.model = LlamaCppModel(
-                path, self.placement, self.config.kv_type, self.config.flash_attn
+            worker = self._worker()
+            worker.load(
+                path,
+                self.placement,
+                self.config.kv_type,
+                self.config.flash_attn,
+                self.config.n_ubatch,
             )
+            self.model = worker
         self.gguf, self.precision = path, precision
 
-    def _ready(self) -> LlamaCppModel:
+    def _ready(self) -> LlamaCppWorker:
         if self.model is None:
             if self.bench is not None:
                 raise SystemUnavailable(
                     "llamacpp with bench_binary only measures prefill and decode; "
-                    "generate/loglikelihood need the in-process llama-cpp-python path"
+                    "generate/loglikelihood need the llama-cpp-python path"
                 )
             raise LlamaCppError("llamacpp: call load() before running the model")
         return self.model
-
-    def _ubatch(self, n_tokens: int) -> int:
-        return self.config.n_ubatch or max(1, n_tokens)
 
     def _check_experts(self, immediate: int | None, deferred: int) -> None:
         if deferred and deferred > 0:
@@ -211,17 +230,7 @@ class LlamaCppSystem:
             raise ValueError("prefill needs at least one prompt token")
         if self.bench is not None:
             return PrefillTiming(tokens=n, seconds=self.bench.seconds(n, 0))
-        m = self._ready()
-        ubatch = self._ubatch(n)
-        m.ensure_context(n, ubatch, max(n, ubatch))
-        m.clear()
-        m.prepare(prompt_ids, 0)
-        m.synchronize()
-        t0 = time.perf_counter()
-        m.run()
-        m.synchronize()
-        seconds = time.perf_counter() - t0
-        m.clear()
+        seconds = self._ready().prefill(prompt_ids)
         return PrefillTiming(tokens=n, seconds=seconds)
 
     def decode(
@@ -243,30 +252,12 @@ class LlamaCppSystem:
                 decode_tokens=n_tokens,
                 decode_seconds=self.bench.seconds(0, n_tokens),
             )
-        m = self._ready()
-        ubatch = self._ubatch(p)
-        m.ensure_context(p + n_tokens + 1, ubatch, max(p, ubatch))
-        m.clear()
-        m.prepare(prompt_ids, 0)
-        m.synchronize()
-        t0 = time.perf_counter()
-        m.run()
-        token = int(np.argmax(m.logits(-1)))
-        t1 = time.perf_counter()
-        tokens = []
-        for i in range(n_tokens):
-            tokens.append(token)
-            m.prepare_one(token, p + i)
-            m.run()
-            token = int(np.argmax(m.logits(-1)))
-        m.synchronize()
-        t2 = time.perf_counter()
-        m.clear()
+        prefill_seconds, decode_seconds, tokens = self._ready().decode(prompt_ids, n_tokens)
         return DecodeTiming(
             prompt_tokens=p,
-            prefill_seconds=t1 - t0,
+            prefill_seconds=prefill_seconds,
             decode_tokens=n_tokens,
-            decode_seconds=t2 - t1,
+            decode_seconds=decode_seconds,
             token_ids=tuple(tokens),
         )
 
@@ -276,31 +267,16 @@ class LlamaCppSystem:
         self._check_experts(
             getattr(sampling, "immediate_experts", None), getattr(sampling, "deferred_experts", 0)
         )
-        m = self._ready()
-        prompt = m.tokenize(text)
-        if not prompt:
-            raise ValueError("llamacpp.generate: the prompt encodes to no tokens")
-        budget = max(0, sampling.max_new_tokens)
-        m.ensure_context(len(prompt) + budget + 1, self.config.n_ubatch or SCORING_UBATCH, 0)
         stops = tuple(s for s in sampling.stop if s)
-        chain = m.sampler(sampling.temperature, sampling.top_p, sampling.seed)
-        out: list[int] = []
-        try:
-            m.clear()
-            m.forward(prompt, 0)
-            while len(out) < budget:
-                token = m.sample(chain)
-                if m.is_eog(token):
-                    break
-                out.append(token)
-                if stops and any(s in m.detokenize(out) for s in stops):
-                    break
-                m.prepare_one(token, len(prompt) + len(out) - 1)
-                m.run()
-        finally:
-            self.lib.llama_sampler_free(chain)
-            m.clear()
-        return cut_at_stop(m.detokenize(out), stops)
+        text = self._ready().generate(
+            text,
+            max_new_tokens=sampling.max_new_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            seed=sampling.seed,
+            stop=stops,
+        )
+        return cut_at_stop(text, stops)
 
     def loglikelihood(
         self,
@@ -311,38 +287,16 @@ class LlamaCppSystem:
     ) -> list[tuple[float, bool]]:
         """Summed log-probability of each continuation after ``context``, and if it is greedy."""
         self._check_experts(immediate_experts, deferred_experts)
-        m = self._ready()
-        results: list[tuple[float, bool]] = []
-        for continuation in continuations:
-            ctx, cont = encode_pair(m.tokenize, context, continuation, m.eos())
-            if not cont:
-                results.append((0.0, True))
-                continue
-            tokens = ctx + cont
-            total = len(tokens)
-            m.ensure_context(total + 1, self.config.n_ubatch or SCORING_UBATCH, total, total)
-            m.clear()
-            m.prepare(tokens, 0, all_logits=True)
-            m.run()
-            logprob, greedy = 0.0, True
-            for j, tok in enumerate(cont):
-                row = m.logits(len(ctx) - 1 + j).astype(np.float64)
-                top = float(row.max())
-                logprob += float(row[tok]) - top - math.log(float(np.exp(row - top).sum()))
-                greedy = greedy and int(np.argmax(row)) == tok
-            m.clear()
-            results.append((logprob, greedy))
-        return results
+        return self._ready().loglikelihood(context, list(continuations))
 
     # -- facts -------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
         """The placement llama.cpp actually used, its build and the machine it reported."""
-        system_info = (
-            self.lib.llama_print_system_info().decode(errors="replace") if self.lib else ""
-        )
+        probe = self.probe or {}
+        system_info = str(probe.get("system_info", ""))
         info: dict[str, Any] = {
             "system": self.name,
-            "llama_cpp_python": getattr(self.lib, "__version__", "not installed"),
+            "llama_cpp_python": probe.get("version", "not installed"),
             "runner": "llama-bench" if self.bench is not None else "llama-cpp-python",
             "gguf": str(self.gguf) if self.gguf else None,
             "gguf_type": self.gguf_type,
@@ -358,16 +312,12 @@ class LlamaCppSystem:
                 "single-token llama_decode steps fed the argmax; real-text prompt ids"
             ),
         }
-        try:
-            info["devices"] = Ggml(self.lib).devices() if self.lib else "see llama_bench"
-        except (SystemUnavailable, OSError, AttributeError) as exc:
-            info["devices"] = f"unavailable: {exc}"
+        info["devices"] = probe.get("devices", "see llama_bench")
         if self.model is not None:
-            log = self.model.load_log + self.model.context_log
-            info["model_desc"] = self.model.description()
-            info["buffers_mib"] = buffers_from_log(log)
-            info["tensors_overridden"] = overridden_tensors(self.model.load_log)
-            info["context"] = {**self.model.actual, "flash_attn_type": self.model.flash_attn}
+            try:
+                info.update(self.model.facts())  # model_desc, buffers_mib, tensors_overridden...
+            except LlamaCppWorkerDied as exc:
+                info["model_facts"] = f"unavailable: {exc}"
         if self.bench is not None:
             info["measurement"] = (
                 "llama-bench: random token ids, its own warm-up, repetitions as trials; "
@@ -377,10 +327,10 @@ class LlamaCppSystem:
         return info
 
     def close(self) -> None:
-        if self.model is not None:
-            self.model.close()
-        self.model = None
-        self.bench = None
+        """Free the model and end the worker process (killed if it does not exit in time)."""
+        if self.worker is not None:
+            self.worker.close()
+        self.worker, self.model, self.bench = None, None, None
 
 
 def _gpu_present(device: str) -> bool:

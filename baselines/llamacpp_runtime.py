@@ -6,6 +6,9 @@ hand (recreated when a prompt needs a larger context or another micro-batch size
 runs ``llama_decode`` on a preallocated ``llama_batch`` so that timed regions contain
 llama.cpp's work and not Python's: the batch is filled before the clock starts. Also
 tokenizes, detokenizes and samples with llama.cpp's own vocabulary and samplers.
+
+Runs in :mod:`baselines.llamacpp_worker`'s process, which must never import torch (torch's
+and llama.cpp's CUDA libraries crash each other): nothing imported here may import it.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import numpy as np
 
 from baselines.llamacpp_placement import Ggml, Placement, import_llama_cpp, model_params
 from engine.errors import EngineError
-from engine.gguf_export import LlamaCppLog
+from engine.llamacpp_log import LlamaCppLog
 
 _BACKEND_READY = False
 KV_TYPES = {"f32": 0, "f16": 1, "bf16": 30, "q8_0": 8}  # ggml_type of the KV cache (-ctk/-ctv)

@@ -11,14 +11,14 @@ Tensors are read one at a time (FP8 block-quantized weights dequantized with the
 ``_scale_inv``) and written straight to the file, so peak memory is one stacked expert
 tensor. ``export_gguf_cached`` reuses an up-to-date export and writes new ones atomically.
 Q8_0/Q4_0 are quantized by llama.cpp's own ``llama_model_quantize`` (from the F16 export)
-when llama-cpp-python is installed, else by gguf-py; :class:`LlamaCppLog` captures
-llama.cpp's log so its refusals carry their reason. ``main`` is ``hmoe export-gguf``.
+when llama-cpp-python is installed, else by gguf-py; that runs in a torch-free child
+process (:mod:`engine.llamacpp_quantize`; :class:`LlamaCppLog`, re-exported here, lives in
+:mod:`engine.llamacpp_log`). ``main`` is ``hmoe export-gguf``.
 The vocabulary part lives in :mod:`engine.gguf_vocab`.
 """
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import importlib.util
 import json
@@ -47,6 +47,8 @@ from tqdm import tqdm
 
 from engine.errors import UnsupportedModelError, WeightsError
 from engine.gguf_vocab import QWEN2_PRE_REGEX, pre_tokenizer_name, write_vocab
+from engine.llamacpp_log import LlamaCppLog
+from engine.llamacpp_quantize import LLAMA_FTYPES, quantize_with_llamacpp
 from engine.loaders import gguf_names as names
 from engine.loaders.fp8 import SCALE_SUFFIX, block_size_from_config, dequant_fp8_block
 
@@ -82,7 +84,6 @@ OUT_TYPES: dict[str, tuple[GGMLQuantizationType, LlamaFileType]] = {
 # llama-cpp-python, from an F16 export), gguf-py's numpy quantizers, or "auto" (llama.cpp
 # when llama-cpp-python is importable). Float types are always written by gguf-py.
 QUANTIZERS = ("auto", "llama.cpp", "gguf-py")
-_LLAMA_FTYPES = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0"}
 
 
 # -- reading the checkpoint -----------------------------------------------------------------
@@ -425,110 +426,11 @@ def llamacpp_importable() -> bool:
     return importlib.util.find_spec("llama_cpp") is not None
 
 
-class LlamaCppLog:
-    """llama.cpp's and ggml's log lines, captured instead of printed while the block runs.
-
-    llama.cpp reports why it refuses a file or a quantization only in its log (stderr by
-    default); the lines are kept here so the error raised can carry that reason. The log
-    callback is process-wide: one callback is installed while any capture is open and
-    hands every line to all open captures (a model keeps one open for its lifetime);
-    when the last one closes, llama-cpp-python's own logger is put back.
-    """
-
-    LEVELS = {0: "none", 1: "debug", 2: "info", 3: "warn", 4: "error", 5: "cont"}  # ggml.h
-    _open: list[LlamaCppLog] = []
-    _callback: Any = None  # the installed ctypes callback (kept alive here)
-
-    def __init__(self) -> None:
-        import llama_cpp
-
-        self._llama_cpp = llama_cpp
-        self.lines: list[tuple[str, str]] = []  # (level, text)
-
-    @classmethod
-    def _on_log(cls, level: int, text: bytes, _user: ctypes.c_void_p) -> None:
-        piece = text.decode("utf-8", errors="replace") if text else ""
-        name = cls.LEVELS.get(int(level), "info")
-        for capture in cls._open:
-            if name == "cont" and capture.lines:
-                prev_level, prev = capture.lines[-1]
-                capture.lines[-1] = (prev_level, prev + piece)
-            else:
-                capture.lines.append((name, piece))
-
-    def __enter__(self) -> LlamaCppLog:
-        cls = type(self)
-        if not cls._open:
-            if cls._callback is None:
-                cls._callback = self._llama_cpp.llama_log_callback(cls._on_log)
-            self._llama_cpp.llama_log_set(cls._callback, ctypes.c_void_p(0))
-        cls._open.append(self)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        cls = type(self)
-        if self in cls._open:
-            cls._open.remove(self)
-        if cls._open:
-            return
-        try:
-            from llama_cpp import _logger
-
-            self._llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
-        except ImportError:  # older llama-cpp-python: back to llama.cpp's default (stderr)
-            self._llama_cpp.llama_log_set(None, ctypes.c_void_p(0))
-
-    def text(self, since: int = 0) -> str:
-        """Everything logged (from line ``since`` on), as llama.cpp would have printed it."""
-        return "".join(t for _, t in self.lines[since:])
-
-    def reason(self, since: int = 0, last: int = 6) -> str:
-        """The error lines (else the warnings, else the last lines), joined with '; '."""
-        logged = [(lvl, t.strip()) for lvl, t in self.lines[since:] if t.strip()]
-        for wanted in (("error",), ("warn",), None):
-            lines = [t for lvl, t in logged if wanted is None or lvl in wanted]
-            if lines:
-                return "; ".join(lines[-last:])
-        return "llama.cpp logged no reason"
-
-
-def quantize_with_llamacpp(src: Path, dst: Path, out_type: str, threads: int | None = None) -> Path:
-    """Quantize the F16/F32 GGUF ``src`` to ``dst`` with llama.cpp's ``llama_model_quantize``.
-
-    llama.cpp chooses each tensor's type as ``llama-quantize`` does (norms and routers stay
-    F32, Q4_0 files keep a higher-precision output tensor, rows that do not fit a block
-    fall back). A refusal raises WeightsError with llama.cpp's logged reason.
-    """
-    import llama_cpp
-
-    if out_type not in _LLAMA_FTYPES:
-        raise ValueError(f"llama.cpp quantizes to {sorted(_LLAMA_FTYPES)}, not {out_type!r}")
-    src, dst = Path(src), Path(dst)
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, _LLAMA_FTYPES[out_type])
-    params.nthread = int(threads or 0)  # 0 = all hardware threads
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f"{dst.name}.tmp{os.getpid()}")
-    try:
-        with LlamaCppLog() as llog:
-            rc = llama_cpp.llama_model_quantize(
-                str(src).encode(), str(tmp).encode(), ctypes.byref(params)
-            )
-        if rc != 0 or not tmp.is_file():
-            raise WeightsError(
-                f"llama.cpp could not quantize {src.name} to {out_type}: {llog.reason()}"
-            )
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dst
-
-
 def resolve_quantizer(quantizer: str, out_type: str) -> str:
     """``llama.cpp`` or ``gguf-py``: who writes ``out_type`` for the requested ``quantizer``."""
     if quantizer not in QUANTIZERS:
         raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {quantizer!r}")
-    if out_type not in _LLAMA_FTYPES:
+    if out_type not in LLAMA_FTYPES:
         return "gguf-py"
     if quantizer == "auto":
         return "llama.cpp" if llamacpp_importable() else "gguf-py"

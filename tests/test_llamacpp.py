@@ -9,8 +9,11 @@ llama-cpp-python is not installed.
 from __future__ import annotations
 
 import builtins
+import importlib.util
 import json
 import math
+import os
+import signal
 import stat
 import sys
 from pathlib import Path
@@ -37,16 +40,25 @@ needs_llama_cpp = pytest.mark.skipif(
 
 
 # -- runs everywhere ---------------------------------------------------------------------------
-def test_missing_package_is_system_unavailable_with_install_commands(monkeypatch):
-    real_import = builtins.__import__
+def _hide_llama_cpp(monkeypatch) -> None:
+    """Make llama_cpp look uninstalled: not found by find_spec, and not importable."""
+    real_import, real_find_spec = builtins.__import__, importlib.util.find_spec
 
     def no_llama_cpp(name, *args, **kwargs):
         if name == "llama_cpp" or name.startswith("llama_cpp."):
             raise ModuleNotFoundError("No module named 'llama_cpp'", name="llama_cpp")
         return real_import(name, *args, **kwargs)
 
+    def find_no_llama_cpp(name, *args, **kwargs):
+        return None if name == "llama_cpp" else real_find_spec(name, *args, **kwargs)
+
     monkeypatch.delitem(sys.modules, "llama_cpp", raising=False)
     monkeypatch.setattr(builtins, "__import__", no_llama_cpp)
+    monkeypatch.setattr(importlib.util, "find_spec", find_no_llama_cpp)
+
+
+def test_missing_package_is_system_unavailable_with_install_commands(monkeypatch):
+    _hide_llama_cpp(monkeypatch)
     from baselines.llamacpp import LlamaCppSystem
 
     with pytest.raises(SystemUnavailable) as info:
@@ -202,16 +214,8 @@ def test_llama_bench_failure_surfaces_its_stderr(tmp_path):
 
 
 def test_bench_binary_needs_no_llama_cpp_python(monkeypatch, tmp_path):
-    """A user's own llama-bench runs the points; generate needs the in-process path."""
-    real_import = builtins.__import__
-
-    def no_llama_cpp(name, *args, **kwargs):
-        if name == "llama_cpp" or name.startswith("llama_cpp."):
-            raise ModuleNotFoundError("No module named 'llama_cpp'", name="llama_cpp")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.delitem(sys.modules, "llama_cpp", raising=False)
-    monkeypatch.setattr(builtins, "__import__", no_llama_cpp)
+    """A user's own llama-bench runs the points; generate needs llama-cpp-python."""
+    _hide_llama_cpp(monkeypatch)
     from baselines.llamacpp import LlamaCppSystem
 
     exe = _fake_bench(tmp_path, [400_000_000, 200_000_000, 100_000_000])
@@ -227,6 +231,7 @@ def test_bench_binary_needs_no_llama_cpp_python(monkeypatch, tmp_path):
     assert "-p 512 -n 0" in argv[0] and "-p 0 -n 128" in argv[1] and "-ot exps=CPU" in argv[0]
     facts = system.describe()
     assert facts["runner"] == "llama-bench" and facts["llama_bench"]["build_commit"] == "abc1234"
+    assert facts["llama_cpp_python"] == "not installed" and system.worker is None
     with pytest.raises(SystemUnavailable, match="bench_binary"):
         system.generate("hi", Sampling(max_new_tokens=2))
     system.close()
@@ -382,3 +387,66 @@ def test_harness_runs_llamacpp_points(hmoe, tmp_path):
     facts = json.loads((results / "t" / "provenance.json").read_text())["systems"]
     placement = next(iter(facts.values()))["placement"]
     assert placement["device"] == "cpu"
+
+
+@needs_llama_cpp
+def test_llama_cpp_runs_in_a_torch_free_worker(system_int8):
+    """torch is loaded here, never in the process that loads llama.cpp's libraries."""
+    assert "torch" in sys.modules  # this (parent) process has torch
+    modules = system_int8.model.modules()
+    assert "llama_cpp" in modules and "baselines.llamacpp_runtime" in modules
+    assert not [m for m in modules if m == "torch" or m.startswith("torch.")]
+    assert system_int8.model.pid != os.getpid()
+
+
+@needs_llama_cpp
+def test_a_killed_worker_fails_the_call_and_the_next_load_starts_a_new_one(tiny_qwen):
+    from baselines.llamacpp import LlamaCppSystem
+    from baselines.llamacpp_remote import LlamaCppWorkerDied
+
+    system = LlamaCppSystem({"device": "cpu", "threads": 1})
+    try:
+        system.load(tiny_qwen, "int8")
+        prompt = list(range(300, 332))
+        assert system.prefill(prompt).seconds > 0
+        first = system.model.pid
+        os.kill(first, signal.SIGKILL)
+        with pytest.raises(
+            RuntimeError, match=r"llama.cpp worker .*exited with signal 9 \(SIGKILL\)"
+        ):
+            system.prefill(prompt)
+        with pytest.raises(LlamaCppWorkerDied, match="load the model again"):
+            system.decode(prompt, 2)
+        assert "unavailable" in system.describe()["model_facts"]
+        system.load(tiny_qwen, "int8")
+        assert system.model.pid != first and system.prefill(prompt).seconds > 0
+        assert len(system.decode(prompt, 2).token_ids) == 2
+    finally:
+        system.close()
+    assert system.worker is None
+
+
+@needs_llama_cpp
+def test_close_ends_the_worker(tiny_qwen):
+    from baselines.llamacpp import LlamaCppSystem
+
+    system = LlamaCppSystem({"device": "cpu", "threads": 1})
+    worker = system.worker
+    assert worker is not None and worker.alive  # the probe's worker serves the load
+    system.load(tiny_qwen, "int8")
+    assert system.model is worker
+    system.close()
+    assert not worker.alive and worker.process.returncode == 0
+    system.close()  # idempotent
+
+
+@needs_llama_cpp
+def test_quantizer_refusal_carries_its_reason(tmp_path):
+    from engine.errors import WeightsError
+    from engine.gguf_export import quantize_with_llamacpp
+
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + bytes(64))
+    with pytest.raises(WeightsError, match="could not quantize bad.gguf to q8_0: .*gguf"):
+        quantize_with_llamacpp(bad, tmp_path / "out.gguf", "q8_0")
+    assert list(tmp_path.iterdir()) == [bad]  # no partial output left behind
