@@ -29,11 +29,10 @@ SMALL = [
 
 def _data_dir() -> str | None:
     """The accuracy datasets (HMOE_DATA_DIR, else ../shared/datasets beside the repo)."""
-    env = os.environ.get("HMOE_DATA_DIR")
-    local = REPO.parent / "shared" / "datasets"
-    if env:
-        return env
-    return str(local) if (local / "mbpp" / "test.jsonl").is_file() else None
+    for candidate in (os.environ.get("HMOE_DATA_DIR"), REPO.parent / "shared" / "datasets"):
+        if candidate and (Path(candidate) / "mbpp" / "test.jsonl").is_file():
+            return str(candidate)
+    return None
 
 
 @pytest.mark.slow
