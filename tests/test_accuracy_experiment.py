@@ -134,7 +134,11 @@ class SpySystem:
 @needs_data
 @pytest.mark.parametrize("task_name", ["mbpp", "human_eval", "gsm8k", "strategy_qa", "mmlu"])
 def test_measure_on_the_tiny_engine(task_name, engine, tmp_path, model_cache):
-    cfg = compose_config(overrides(tmp_path, model_cache, "experiment.human_eval_samples=2"))
+    cfg = compose_config(
+        overrides(
+            tmp_path, model_cache, "experiment.human_eval_samples=2", "experiment.temperature=0.3"
+        )
+    )
     point = Point("accuracy", "accuracy", "fp32", immediate_experts=8, task=task_name)
     spy = SpySystem(engine)
     out = accuracy.measure(spy, point, cfg, tmp_path / "acc", "pid123")
