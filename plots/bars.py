@@ -9,8 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from matplotlib.axes import Axes
+from matplotlib.patches import Patch
 
-from plots.style import LEGEND_FONT_SIZE, mark_empty, mark_not_run
+from plots.style import (
+    LEGEND_FONT_SIZE,
+    NOT_RUN_EDGE,
+    NOT_RUN_HATCH,
+    mark_empty,
+    mark_not_run,
+)
 
 BAR_WIDTH = 0.7
 
@@ -64,3 +71,24 @@ def bar_panel(ax: Axes, entries: list[BarEntry], ylabel: str, empty_text: str) -
     ax.set_ylim(0, top * 1.2)
     ax.set_ylabel(ylabel)
     ax.grid(True, axis="y", alpha=0.3)
+
+
+def not_run_patch() -> Patch:
+    """Legend entry for the hatched slots of points that were not run or failed."""
+    return Patch(
+        facecolor="white",
+        edgecolor=NOT_RUN_EDGE,
+        hatch=NOT_RUN_HATCH,
+        label="not run / failed (no value)",
+    )
+
+
+def legend_row(ax: Axes, handles: list[Patch]) -> None:
+    """One centred row of legend entries in the (axis-less) legend strip ``ax``."""
+    ax.legend(
+        handles=handles,
+        loc="upper center",
+        ncol=len(handles),
+        fontsize=LEGEND_FONT_SIZE,
+        frameon=False,
+    )

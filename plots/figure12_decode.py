@@ -14,7 +14,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from plots.bars import BarEntry, bar_panel
+from plots.bars import BarEntry, bar_panel, legend_row, not_run_patch
 from plots.describe import experts_label, run_model_label, short_hardware
 from plots.figure_io import save_figure
 from plots.points import point_means, precision_class, unmeasured_points
@@ -23,8 +23,6 @@ from plots.speedups import best_speedup_lines, decode_speedups
 from plots.style import (
     FONT_SIZE,
     LEGEND_FONT_SIZE,
-    NOT_RUN_EDGE,
-    NOT_RUN_HATCH,
     model_title,
     new_figure,
     panel_grid,
@@ -144,21 +142,8 @@ def render_figure12(
             facecolor="white", edgecolor="black", hatch="xx", label="expert deferral (N+D, D > 0)"
         )
     )
-    handles.append(
-        Patch(
-            facecolor="white",
-            edgecolor=NOT_RUN_EDGE,
-            hatch=NOT_RUN_HATCH,
-            label="not run / failed (no value)",
-        )
-    )
-    legends[0].legend(
-        handles=handles,
-        loc="upper center",
-        ncol=len(handles),
-        fontsize=LEGEND_FONT_SIZE,
-        frameon=False,
-    )
+    handles.append(not_run_patch())
+    legend_row(legends[0], handles)
     fig.suptitle("Figure 12 - decode throughput", fontsize=FONT_SIZE + 2, fontweight="bold")
     return fig
 

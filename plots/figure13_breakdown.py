@@ -14,7 +14,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from plots.bars import BarEntry, bar_panel
+from plots.bars import BarEntry, bar_panel, legend_row, not_run_patch
 from plots.breakdown import STAGE_VARIANTS, BreakdownSetting, breakdown_settings
 from plots.describe import run_model_label, short_hardware
 from plots.figure_io import save_figure
@@ -22,8 +22,6 @@ from plots.references import reference_points
 from plots.style import (
     FONT_SIZE,
     LEGEND_FONT_SIZE,
-    NOT_RUN_EDGE,
-    NOT_RUN_HATCH,
     model_title,
     new_figure,
     panel_grid,
@@ -124,20 +122,9 @@ def render_figure13(
     handles = [
         Patch(color=system_color("fiddler"), label="base (Fiddler)"),
         Patch(color=system_color("engine"), label="engine variants"),
-        Patch(
-            facecolor="white",
-            edgecolor=NOT_RUN_EDGE,
-            hatch=NOT_RUN_HATCH,
-            label="not run / failed (no value)",
-        ),
+        not_run_patch(),
     ]
-    legends[0].legend(
-        handles=handles,
-        loc="upper center",
-        ncol=len(handles),
-        fontsize=LEGEND_FONT_SIZE,
-        frameon=False,
-    )
+    legend_row(legends[0], handles)
     fig.suptitle(
         "Figure 13 - performance breakdown (ablation)", fontsize=FONT_SIZE + 2, fontweight="bold"
     )
