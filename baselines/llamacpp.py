@@ -14,15 +14,17 @@ harness's real-text prompt ids are used (llama-bench would feed random ids). Wit
 tokenizer and sampler chain (llama-cpp-python's ``Llama`` class cannot take tensor
 buffer overrides, and a second load would double the memory).
 
-llama.cpp never runs in the harness's process: torch's and llama.cpp's CUDA libraries
-crash each other in one process, so the model lives in a torch-free worker process
+llama.cpp never runs in the harness's process: its CUDA build crashes on load in a process
+that imported numpy first (:mod:`engine.llamacpp_load_order`), as the harness (numpy,
+torch) always has, so the model lives in a torch-free worker process
 (:mod:`baselines.llamacpp_worker`, driven through :mod:`baselines.llamacpp_remote`) that
 times its own llama.cpp calls; GGUF quantization runs in a child of its own too. A worker
 that dies fails the call in flight with a RuntimeError, and the next load starts a new one.
 
 Options (conf/system/llamacpp.yaml): ``device`` auto|cpu|cuda, ``threads`` (null =
 physical cores), ``kv_on_cpu``, ``n_ubatch`` (null = prompt length), ``kv_type`` (KV cache
-type, -ctk/-ctv), ``flash_attn`` (null = llama.cpp's auto), ``use_mmap``,
+type, -ctk/-ctv), ``flash_attn`` (null = llama.cpp's auto), ``use_mmap``, ``op_offload`` (false =
+--no-op-offload: large batches' expert matmuls stay on the CPU),
 ``cpu_tensors`` (regexes kept in CPU memory on a GPU), ``full_precision`` f16|bf16,
 ``quantizer`` auto|llama.cpp|gguf-py, ``cache_dir`` (null = beside the model),
 ``bench_binary``, ``bench_repetitions``.
@@ -65,6 +67,7 @@ class LlamaCppConfig:
     kv_type: str = "f16"
     flash_attn: bool | None = None
     use_mmap: bool = False
+    op_offload: bool = True
     cpu_tensors: tuple[str, ...] = ("exps",)
     full_precision: str = "f16"
     quantizer: str = "auto"
@@ -128,6 +131,7 @@ class LlamaCppSystem:
             kv_on_cpu=self.config.kv_on_cpu,
             threads=self.config.threads,
             use_mmap=self.config.use_mmap,
+            op_offload=self.config.op_offload,
         )
         self.bench: LlamaBench | None = None
         self.gguf: Path | None = None

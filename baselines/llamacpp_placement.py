@@ -3,7 +3,10 @@
 With a GPU backend every layer is offloaded (``-ngl 1000``) except the tensors matching
 the CPU patterns, by default the routed experts (``exps``: ``ffn_{gate,up,down}_exps``),
 which stay in CPU memory through llama.cpp's tensor buffer-type overrides (``-ot
-exps=CPU``); the KV cache stays on the CPU when asked (``-nkvo``). Without a GPU backend
+exps=CPU``); the KV cache stays on the CPU when asked (``-nkvo``). llama.cpp by default still
+runs a large batch's ops on those CPU-resident weights on the GPU, copying the weights
+over for each batch ("op offload"); ``op_offload: false`` keeps them on the CPU
+(``--no-op-offload``). Without a GPU backend
 (or with ``device: cpu``) everything runs on the CPU. This module also reads what ggml
 reports about its devices and buffer types, for the placement facts in provenance.
 """
@@ -65,6 +68,9 @@ class Placement:
     kv_on_cpu: bool
     threads: int
     use_mmap: bool
+    # large batches' ops on CPU-resident weights run on the GPU, the weights copied over
+    # (llama.cpp's default; False = --no-op-offload: they run on the CPU)
+    op_offload: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -81,6 +87,7 @@ def plan_placement(
     kv_on_cpu: bool = True,
     threads: int | None = None,
     use_mmap: bool = False,
+    op_offload: bool = True,
 ) -> Placement:
     """The placement for ``device`` (auto|cpu|cuda|gpu) on this llama.cpp build.
 
@@ -107,6 +114,7 @@ def plan_placement(
         kv_on_cpu=bool(kv_on_cpu) or not on_gpu,
         threads=threads or physical_cores(),
         use_mmap=bool(use_mmap),
+        op_offload=bool(op_offload),
     )
 
 

@@ -1,4 +1,4 @@
-"""The harness's handle on a :mod:`baselines.llamacpp_worker` process (llama.cpp away from torch).
+"""The harness's handle on a :mod:`baselines.llamacpp_worker` process, where llama.cpp runs.
 
 :class:`LlamaCppWorker` starts ``python -m baselines.llamacpp_worker`` (a fresh interpreter:
 it inherits nothing the harness imported), sends it requests over a socket pair and

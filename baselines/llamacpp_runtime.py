@@ -7,8 +7,8 @@ runs ``llama_decode`` on a preallocated ``llama_batch`` so that timed regions co
 llama.cpp's work and not Python's: the batch is filled before the clock starts. Also
 tokenizes, detokenizes and samples with llama.cpp's own vocabulary and samplers.
 
-Runs in :mod:`baselines.llamacpp_worker`'s process, which must never import torch (torch's
-and llama.cpp's CUDA libraries crash each other): nothing imported here may import it.
+Runs in :mod:`baselines.llamacpp_worker`'s process, which imports llama_cpp before numpy
+(:mod:`engine.llamacpp_load_order`) and never torch: nothing imported here may import torch.
 """
 
 from __future__ import annotations
@@ -106,6 +106,13 @@ class LlamaCppModel:
         if hasattr(p, "n_outputs_max"):  # older llama.cpp: always n_batch rows
             p.n_outputs_max = n_outputs
         p.offload_kqv = not self.placement.kv_on_cpu
+        if hasattr(p, "op_offload"):
+            p.op_offload = self.placement.op_offload
+        elif not self.placement.op_offload:
+            raise LlamaCppError(
+                "this llama-cpp-python has no op_offload context parameter; "
+                "op_offload: false needs a newer one"
+            )
         p.type_k = p.type_v = KV_TYPES[self.kv_type]
         fa_field = "flash_attn_type" if hasattr(p, "flash_attn_type") else "flash_attn"
         if self.flash_attn_wanted is not None:

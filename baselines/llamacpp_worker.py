@@ -1,9 +1,10 @@
 """The torch-free process that runs llama.cpp for system ``llamacpp``: one model, served over a
 connection.
 
-torch's and llama.cpp's CUDA libraries crash each other in one process (a model load
-segfaults in ``llama_model::print_info`` once torch is imported), and the harness has torch
-loaded, so everything that loads llama.cpp's libraries runs here. Started by
+llama.cpp's CUDA build crashes on load (a segfault in ``llama_model::print_info``) in a process
+that imported numpy before llama_cpp (:mod:`engine.llamacpp_load_order`), and the harness
+has numpy and torch loaded long before, so everything that loads llama.cpp's libraries runs
+here, where llama_cpp is imported first. Started by
 :mod:`baselines.llamacpp_remote` as ``python -m baselines.llamacpp_worker FD``; FD is this
 end of a socket pair carrying :class:`multiprocessing.connection.Connection` messages.
 A request is ``(op, kwargs)``; the answer ``("ok", value)`` or ``("error", kind, message)``
@@ -25,17 +26,21 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from engine.llamacpp_load_order import load_llama_cpp_first
 
-from baselines.llamacpp_placement import (
+load_llama_cpp_first()  # before anything below loads numpy
+
+import numpy as np  # noqa: E402
+
+from baselines.llamacpp_placement import (  # noqa: E402
     Ggml,
     Placement,
     buffers_from_log,
     import_llama_cpp,
     overridden_tensors,
 )
-from baselines.llamacpp_runtime import LlamaCppError, LlamaCppModel
-from experiments.system_api import SystemUnavailable, encode_pair
+from baselines.llamacpp_runtime import LlamaCppError, LlamaCppModel  # noqa: E402
+from experiments.system_api import SystemUnavailable, encode_pair  # noqa: E402
 
 SCORING_UBATCH = 512  # micro-batch for untimed work (generate, loglikelihood): llama.cpp's default
 ERROR_KINDS = ("LlamaCppError", "SystemUnavailable", "ValueError")  # most specific first
@@ -205,8 +210,8 @@ class Worker:
         }
 
     def op_modules(self) -> list[str]:
-        """The names of the modules this process has imported."""
-        return sorted(sys.modules)
+        """The names of the modules this process has imported, in the order imported."""
+        return list(sys.modules)
 
 
 def error_reply(exc: BaseException) -> tuple[str, str, str]:

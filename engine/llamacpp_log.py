@@ -1,8 +1,8 @@
 """Capture llama.cpp's log lines so that its refusals can carry their reason (torch-free).
 
-Imported by the processes that load llama.cpp's libraries, which must never import torch
-(torch's and llama.cpp's CUDA libraries crash each other in one process): keep this
-module's imports to the standard library and ``llama_cpp``.
+Imported by the processes that load llama.cpp's libraries, which must import llama_cpp
+before numpy (:mod:`engine.llamacpp_load_order`) and never torch: keep this module's
+imports to the standard library and ``llama_cpp``.
 """
 
 from __future__ import annotations

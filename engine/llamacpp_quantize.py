@@ -1,10 +1,11 @@
-"""Quantize a GGUF with llama.cpp's own ``llama_model_quantize``, in a torch-free child process.
+"""Quantize a GGUF with llama.cpp's own ``llama_model_quantize``, in a child process.
 
-llama.cpp's libraries and torch's CUDA libraries crash each other in one process, and the
-harness has torch loaded, so :func:`quantize_with_llamacpp` runs ``python -m
-engine.llamacpp_quantize SRC DST TYPE THREADS``, which imports nothing but ``llama_cpp``
-and the standard library. A refusal exits with :data:`REFUSED` after printing llama.cpp's
-reason on a ``REASON_PREFIX`` line of stderr; the parent raises WeightsError with it.
+llama.cpp's CUDA build crashes in a process that imported numpy before llama_cpp
+(:mod:`engine.llamacpp_load_order`), and the harness has numpy and torch loaded, so
+:func:`quantize_with_llamacpp` runs ``python -m engine.llamacpp_quantize SRC DST TYPE
+THREADS``, which imports nothing but ``llama_cpp`` (first) and the standard library. A
+refusal exits with :data:`REFUSED` after printing llama.cpp's reason on a
+``REASON_PREFIX`` line of stderr; the parent raises WeightsError with it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from engine.child_process import child_env, describe_exit, module_command
 from engine.errors import WeightsError
+from engine.llamacpp_load_order import load_llama_cpp_first
 from engine.llamacpp_log import LlamaCppLog
 
 LLAMA_FTYPES = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0"}
@@ -81,6 +83,7 @@ def quantize_here(src: Path, dst: Path, out_type: str, threads: int) -> str | No
 def main(argv: list[str] | None = None) -> int:
     """``SRC DST TYPE THREADS``: quantize, exit 0, or print the reason and exit REFUSED."""
     src, dst, out_type, threads = sys.argv[1:] if argv is None else argv
+    load_llama_cpp_first()
     reason = quantize_here(Path(src), Path(dst), out_type, int(threads))
     if reason is None:
         return 0

@@ -31,9 +31,10 @@ class Point:
     task: str = ""
     system_options: dict[str, Any] = field(default_factory=dict)  # variant overrides
 
-    def describe(self) -> str:
-        """Short human-readable label for progress bars and messages."""
-        parts = [self.stage, self.precision]
+    def describe(self, precision: str | None = None) -> str:
+        """Short human-readable label for progress bars and messages; ``precision`` replaces
+        the point's own precision name (the label a system records, e.g. llama.cpp's fp16)."""
+        parts = [self.stage, precision or self.precision]
         if self.variant:
             parts.append(self.variant)
         if self.immediate_experts is not None:

@@ -95,9 +95,16 @@ class JobRunner:
             "workload": OmegaConf.to_container(cfg.workload, resolve=True),
         }
 
+    def _precision_label(self, point: Point) -> str:
+        """The precision name results carry for ``point`` (the system's ``precision_names``)."""
+        names = OmegaConf.to_container(self.cfg.system.precision_names, resolve=True)
+        return str(names.get(point.precision, point.precision))
+
+    def _describe(self, point: Point) -> str:
+        return point.describe(self._precision_label(point))
+
     def _base_row(self, point: Point, pid: str, spec: ModelSpec | None) -> dict[str, Any]:
         cfg = self.cfg
-        names = OmegaConf.to_container(cfg.system.precision_names, resolve=True)
         return {
             "run": cfg.run,
             "point_id": pid,
@@ -111,7 +118,7 @@ class JobRunner:
             "layers_run": spec.layers_run if spec else None,
             "layers_total": spec.layers_total if spec else cfg.model.layers_total,
             "system": cfg.system.name,
-            "precision": names.get(point.precision, point.precision),
+            "precision": self._precision_label(point),
             "variant": point.variant,
             "immediate_experts": point.immediate_experts,
             "deferred_experts": point.deferred_experts if point.immediate_experts else None,
@@ -225,7 +232,7 @@ class JobRunner:
                 self._record_status(group, STATUS_FAILED, f"load: {_err_text(exc)}", spec, bar)
                 return
             for point, pid in group:
-                bar.set_postfix_str(point.describe())
+                bar.set_postfix_str(self._describe(point))
                 try:
                     trials = self._measure(system, point, prompts, pid)
                 except (SystemUnavailable, accuracy.AccuracyNotRun) as exc:
@@ -245,10 +252,10 @@ class JobRunner:
                 self.summary.ok += 1
                 if point.stage == "accuracy":
                     score = trials[0]["score"]
-                    self.summary.lines.append(f"{point.describe():<36} {score:>12.4f} score")
+                    self.summary.lines.append(f"{self._describe(point):<36} {score:>12.4f} score")
                 else:
                     mean = sum(t["tokens_per_s"] for t in trials) / len(trials)
-                    self.summary.lines.append(f"{point.describe():<36} {mean:>12.2f} tokens/s")
+                    self.summary.lines.append(f"{self._describe(point):<36} {mean:>12.2f} tokens/s")
                 bar.update(1)
             try:
                 self.system_facts[self.job_name] = system.describe()

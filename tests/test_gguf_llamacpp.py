@@ -198,6 +198,15 @@ def test_tensor_overrides_reach_llamacpp(tiny, tmp_path):
     try:
         layers = json.loads((model_dir / "config.json").read_text())["num_hidden_layers"]
         assert overridden_tensors(model.load_log) == {"CPU": 3 * layers}
+        model.ensure_context(16, 16)
+        assert model.actual["op_offload"] is True  # llama.cpp's default
+    finally:
+        model.close()
+    placement = Placement("gpu", 0, ("exps",), True, threads=1, use_mmap=False, op_offload=False)
+    model = LlamaCppModel(gguf, placement)
+    try:
+        model.ensure_context(16, 16)
+        assert model.actual["op_offload"] is False  # --no-op-offload reached the context
     finally:
         model.close()
 

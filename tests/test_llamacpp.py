@@ -15,6 +15,7 @@ import math
 import os
 import signal
 import stat
+import subprocess
 import sys
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import torch
 from baselines.llamacpp_bench import LlamaBench, bench_command, parse_jsonl
 from baselines.llamacpp_placement import INSTALL_HINT, plan_placement
 from baselines.llamacpp_runtime import LlamaCppError
+from engine.child_process import child_env
 from experiments.system_api import ModelSpec, Sampling, SystemUnavailable, encode_pair
 
 try:
@@ -111,6 +113,10 @@ def test_options_are_checked():
             LlamaCppConfig.from_mapping(bad)
     conf = LlamaCppConfig.from_mapping({"cpu_tensors": ["exps", "shexp"]})
     assert conf.cpu_tensors == ("exps", "shexp")
+    assert (
+        LlamaCppConfig().op_offload
+        and not LlamaCppConfig.from_mapping({"op_offload": False}).op_offload
+    )
 
 
 def test_placement_plan():
@@ -168,6 +174,35 @@ def test_bench_command_uses_the_papers_flags():
         )
     )
     assert "-ngl 0" in cpu and "-ot" not in cpu and "-nkvo" not in cpu
+    assert "-nopo" not in cmd  # llama.cpp's default (op offload on) passes no flag
+    no_op_offload = plan_placement("cuda", True, op_offload=False)
+    assert no_op_offload.as_dict()["op_offload"] is False
+    cmd = bench_command(
+        "llama-bench",
+        Path("m.gguf"),
+        no_op_offload,
+        n_prompt=8,
+        n_gen=0,
+        repetitions=1,
+        n_ubatch=None,
+    )
+    assert "-nopo 1" in " ".join(cmd)
+
+
+def test_llama_cpp_must_load_before_numpy():
+    """A llama.cpp process that already has numpy (and not llama_cpp) refuses to go on."""
+    code = (
+        "import numpy\n"
+        "from engine.llamacpp_load_order import load_llama_cpp_first\n"
+        "try:\n"
+        "    load_llama_cpp_first()\n"
+        "except RuntimeError as exc:\n"
+        "    print('refused:', exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=child_env(), check=True
+    )
+    assert "refused: numpy was imported before llama_cpp" in done.stdout
 
 
 def _fake_bench(tmp_path: Path, samples: list[int], rc: int = 0) -> Path:
@@ -387,15 +422,19 @@ def test_harness_runs_llamacpp_points(hmoe, tmp_path):
     facts = json.loads((results / "t" / "provenance.json").read_text())["systems"]
     placement = next(iter(facts.values()))["placement"]
     assert placement["device"] == "cpu"
+    # progress lines carry the label the rows carry (fp16, not the harness's bf16)
+    assert "prefill fp16 p16" in done.stdout and "prefill bf16" not in done.stdout
 
 
 @needs_llama_cpp
 def test_llama_cpp_runs_in_a_torch_free_worker(system_int8):
-    """torch is loaded here, never in the process that loads llama.cpp's libraries."""
+    """torch is loaded here, never in the process that loads llama.cpp's libraries, where
+    llama.cpp's libraries load before numpy (the other order crashes its CUDA build)."""
     assert "torch" in sys.modules  # this (parent) process has torch
     modules = system_int8.model.modules()
     assert "llama_cpp" in modules and "baselines.llamacpp_runtime" in modules
     assert not [m for m in modules if m == "torch" or m.startswith("torch.")]
+    assert modules.index("llama_cpp.llama_cpp") < modules.index("numpy")
     assert system_int8.model.pid != os.getpid()
 
 

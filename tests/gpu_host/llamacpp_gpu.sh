@@ -7,11 +7,15 @@
 #      pieces (reassemble: cat NAME.whl.part-* > NAME.whl) so later calls skip the build
 #   3. the hybrid placement (all layers on the GPU, routed experts in CPU memory, KV on
 #      the CPU) on a synthetic Qwen2-57B-A14B layer slice, F16 and Q8_0, prefill and
-#      decode, then the bundled engine on the same slice and prompts, one results table
+#      decode, then the bundled engine on the same slice and prompts, one results table;
+#      then llama.cpp's prefill again with op offload off (--no-op-offload: the experts'
+#      matmuls stay on the CPU instead of the weights being copied to the GPU per batch)
 #   4. results.csv, provenance.json, report.md and a summary to $OUT
 # Usage (repo root): OUT=/some/dir tests/gpu_host/llamacpp_gpu.sh SDIST|WHEEL|PIECES_DIR
 # Knobs: HMOE_LIMIT_S (whole-script budget, default 530 s), HMOE_SAVE_WHEEL (default 1), LLAMA_THREADS (default nproc),
-# LAYERS (slice layers, default 1), PREFILL (default [512,2048,8192]), DECODE (default 128).
+# LAYERS (slice layers, default 1), PREFILL (default [512,2048,8192]), DECODE (default 128),
+# TRIALS (default 3), ENGINE_DECODE_PRECISIONS (default [bf16]: the reference int8 decode
+# dequantizes every expert per call and takes minutes).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT="${OUT:-/tmp/hmoe-llamacpp-out}"
@@ -118,25 +122,36 @@ RUN=llamacpp_gpu
 COMMON=(
   model=qw2 "model.synthetic.layers=$LAYERS" profile=gpu
   "profile.prefill_lengths=${PREFILL:-[512,2048,8192]}" "profile.decode_tokens=${DECODE:-128}"
-  profile.trials=2 results_root="$RESULTS" run="$RUN" progress=false
+  "profile.trials=${TRIALS:-3}" results_root="$RESULTS" progress=false
 )
-timeout "$(budget 100)" python3 -m experiments.cli run -m experiment=prefill,decode \
-  system=llamacpp "system.options.threads=$THREADS" "${COMMON[@]}"
+LLAMA=(system=llamacpp "system.options.threads=$THREADS")
+timeout "$(budget 130)" python3 -m experiments.cli run -m experiment=prefill,decode \
+  "${LLAMA[@]}" "${COMMON[@]}" run="$RUN"
 echo "llama.cpp done, $(left)s left"
-timeout "$(budget 25)" python3 -m experiments.cli run -m experiment=prefill,decode \
-  system=engine "${COMMON[@]}"
+timeout "$(budget 90)" python3 -m experiments.cli run experiment=prefill system=engine \
+  "${COMMON[@]}" run="$RUN"
+timeout "$(budget 60)" python3 -m experiments.cli run experiment=decode system=engine \
+  "system.precisions=${ENGINE_DECODE_PRECISIONS:-[bf16]}" "${COMMON[@]}" run="$RUN"
+echo "engine done, $(left)s left"
+timeout "$(budget 25)" python3 -m experiments.cli run experiment=prefill \
+  "${LLAMA[@]}" system.options.op_offload=false "${COMMON[@]}" run="${RUN}_no_op_offload"
 
 echo "== 4. results ($(left)s left)"
 python3 -m experiments.cli report "$RESULTS/$RUN" >/dev/null 2>&1
 for f in results.csv provenance.json report.md; do
   cp "$RESULTS/$RUN/$f" "$OUT/" 2>/dev/null
 done
-python3 - "$RESULTS/$RUN" >"$OUT/summary.txt" 2>&1 <<'EOF'
+cp "$RESULTS/${RUN}_no_op_offload/results.csv" "$OUT/results_no_op_offload.csv" 2>/dev/null
+python3 - "$RESULTS/$RUN" "$RESULTS/${RUN}_no_op_offload" >"$OUT/summary.txt" 2>&1 <<'EOF'
 import json, sys
 from pathlib import Path
 import pandas as pd
-run = Path(sys.argv[1])
+run, no_op = Path(sys.argv[1]), Path(sys.argv[2])
 rows = pd.read_csv(run / "results.csv")
+if (no_op / "results.csv").is_file():
+    extra = pd.read_csv(no_op / "results.csv")
+    extra["system"] = "llamacpp_no_op_offload"
+    rows = pd.concat([rows, extra], ignore_index=True)
 ok = rows[rows.status == "ok"]
 keys = ["experiment", "system", "precision", "immediate_experts", "deferred_experts",
         "prompt_tokens", "decode_tokens"]
