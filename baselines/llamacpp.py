@@ -27,7 +27,18 @@ type, -ctk/-ctv), ``flash_attn`` (null = llama.cpp's auto), ``use_mmap``, ``op_o
 --no-op-offload: large batches' expert matmuls stay on the CPU),
 ``cpu_tensors`` (regexes kept in CPU memory on a GPU), ``full_precision`` f16|bf16,
 ``quantizer`` auto|llama.cpp|gguf-py, ``cache_dir`` (null = beside the model),
-``bench_binary``, ``bench_repetitions``.
+``bench_binary``, ``bench_repetitions``, ``slice_prefill_vocab``.
+
+Prefill on a layer slice: llama.cpp computes the last layer's feed-forward (the MoE) only
+for the tokens whose logits are wanted (``inp_out_ids``), one in a prefill. In a full
+model that saves 1 layer in 28 to 61; in a 1-layer slice it skips every expert. So on a
+slice the prefill runs on a timing copy of the same weights with a ``slice_prefill_vocab``
+(V) row head and stand-in vocabulary (:func:`engine.gguf_export.export_gguf_cached`'s
+``vocab_limit``), every token's logits wanted (prompt ids taken modulo V): all layers run
+in full, as the engine's do, and the V-row head over the prompt costs little. Decode,
+generate and loglikelihood run on the full export; the system swaps the loaded file when
+the call needs the other one (in the runner's untimed warm-up). A configured GGUF or
+``slice_prefill_vocab: null`` runs the prefill as is, and ``describe()`` says which.
 """
 
 from __future__ import annotations
@@ -42,6 +53,7 @@ from baselines.llamacpp_placement import INSTALL_HINT, Placement, cpu_features, 
 from baselines.llamacpp_remote import LlamaCppWorker, LlamaCppWorkerDied
 from baselines.llamacpp_runtime import KV_TYPES, LlamaCppError
 from engine.gguf_export import OUT_TYPES, QUANTIZERS, export_gguf_cached, llamacpp_importable
+from engine.gguf_vocab import STAND_IN_MIN_VOCAB
 from engine.system import cut_at_stop
 from experiments.system_api import (
     DecodeTiming,
@@ -74,6 +86,7 @@ class LlamaCppConfig:
     cache_dir: str | None = None
     bench_binary: str | None = None
     bench_repetitions: int = 3
+    slice_prefill_vocab: int | None = 512
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any] | None) -> LlamaCppConfig:
@@ -96,6 +109,15 @@ class LlamaCppConfig:
             raise ValueError(f"kv_type must be one of {sorted(KV_TYPES)}, got {conf.kv_type!r}")
         if conf.bench_repetitions < 1:
             raise ValueError(f"bench_repetitions must be >= 1, got {conf.bench_repetitions}")
+        if conf.slice_prefill_vocab is not None and (
+            not isinstance(conf.slice_prefill_vocab, int)
+            or conf.slice_prefill_vocab < STAND_IN_MIN_VOCAB
+        ):
+            raise ValueError(
+                f"slice_prefill_vocab must be an int >= {STAND_IN_MIN_VOCAB} (the byte-level "
+                "stand-in vocabulary) or null, "
+                f"got {conf.slice_prefill_vocab!r}"
+            )
         return conf
 
 
@@ -139,6 +161,9 @@ class LlamaCppSystem:
         self.gguf_type = ""
         self.precision = ""
         self.top_k: int | None = None
+        self.spec: ModelSpec | None = None
+        self.loaded = ""  # which file the worker holds: "full" or "slice_prefill"
+        self.slice_gguf: Path | None = None
 
     # -- loading -----------------------------------------------------------------------------
     def _worker(self) -> LlamaCppWorker:
@@ -184,6 +209,7 @@ class LlamaCppSystem:
     def load(self, model: ModelSpec, precision: str) -> None:
         """Export (or reuse) the GGUF for ``precision`` and load it with the placement."""
         self._unload()
+        self.spec, self.slice_gguf, self.loaded = None, None, ""
         path = self._model_file(model, precision)
         self.top_k = _expert_used_count(path)
         if self.config.bench_binary:
@@ -196,16 +222,54 @@ class LlamaCppSystem:
                 n_ubatch=self.config.n_ubatch,
             )
         else:
-            worker = self._worker()
-            worker.load(
-                path,
-                self.placement,
-                self.config.kv_type,
-                self.config.flash_attn,
-                self.config.n_ubatch,
-            )
-            self.model = worker
-        self.gguf, self.precision = path, precision
+            self._load_file(path)
+            self.loaded = "full"
+        self.gguf, self.precision, self.spec = path, precision, model
+
+    def _load_file(self, path: Path) -> None:
+        worker = self._worker()
+        self.model = None
+        worker.load(
+            path, self.placement, self.config.kv_type, self.config.flash_attn, self.config.n_ubatch
+        )
+        self.model = worker
+
+    def slice_prefill(self) -> bool:
+        """Whether prefill runs on the slice timing copy (see the module docstring)."""
+        spec = self.spec
+        return (
+            self.bench is None
+            and self.config.slice_prefill_vocab is not None
+            and spec is not None
+            and spec.is_slice
+            and spec.gguf.get(self.precision) is None
+        )
+
+    def _use(self, which: str) -> LlamaCppWorker:
+        """The worker with the file ``which`` (full | slice_prefill) loaded, swapped if needed."""
+        worker = self._ready()
+        if which == self.loaded:
+            return worker
+        if which == "slice_prefill":
+            if self.slice_gguf is None:
+                assert self.spec is not None
+                cache = Path(self.config.cache_dir) if self.config.cache_dir else None
+                self.slice_gguf = export_gguf_cached(
+                    Path(self.spec.path),
+                    self.gguf_type,
+                    cache,
+                    progress=False,
+                    quantizer=self.config.quantizer,
+                    vocab_limit=self.config.slice_prefill_vocab,
+                )
+            path = self.slice_gguf
+        else:
+            assert self.gguf is not None
+            path = self.gguf
+        self.loaded = ""
+        self._load_file(path)
+        self.loaded = which
+        return self._ready()
 
     def _ready(self) -> LlamaCppWorker:
         if self.model is None:
@@ -234,7 +298,12 @@ class LlamaCppSystem:
             raise ValueError("prefill needs at least one prompt token")
         if self.bench is not None:
             return PrefillTiming(tokens=n, seconds=self.bench.seconds(n, 0))
-        seconds = self._ready().prefill(prompt_ids)
+        if self.slice_prefill():
+            vocab = int(self.config.slice_prefill_vocab or 0)
+            ids = [int(t) % vocab for t in prompt_ids]
+            seconds = self._use("slice_prefill").prefill(ids, all_outputs=True)
+        else:
+            seconds = self._use("full").prefill(prompt_ids)
         return PrefillTiming(tokens=n, seconds=seconds)
 
     def decode(
@@ -256,7 +325,7 @@ class LlamaCppSystem:
                 decode_tokens=n_tokens,
                 decode_seconds=self.bench.seconds(0, n_tokens),
             )
-        prefill_seconds, decode_seconds, tokens = self._ready().decode(prompt_ids, n_tokens)
+        prefill_seconds, decode_seconds, tokens = self._use("full").decode(prompt_ids, n_tokens)
         return DecodeTiming(
             prompt_tokens=p,
             prefill_seconds=prefill_seconds,
@@ -272,7 +341,7 @@ class LlamaCppSystem:
             getattr(sampling, "immediate_experts", None), getattr(sampling, "deferred_experts", 0)
         )
         stops = tuple(s for s in sampling.stop if s)
-        text = self._ready().generate(
+        text = self._use("full").generate(
             text,
             max_new_tokens=sampling.max_new_tokens,
             temperature=sampling.temperature,
@@ -291,7 +360,7 @@ class LlamaCppSystem:
     ) -> list[tuple[float, bool]]:
         """Summed log-probability of each continuation after ``context``, and if it is greedy."""
         self._check_experts(immediate_experts, deferred_experts)
-        return self._ready().loglikelihood(context, list(continuations))
+        return self._use("full").loglikelihood(context, list(continuations))
 
     # -- facts -------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
@@ -317,6 +386,18 @@ class LlamaCppSystem:
             ),
         }
         info["devices"] = probe.get("devices", "see llama_bench")
+        if self.spec is not None and self.spec.is_slice and self.bench is None:
+            info["slice_prefill"] = (
+                {
+                    "vocab": self.config.slice_prefill_vocab,
+                    "gguf": str(self.slice_gguf) if self.slice_gguf else "not used yet",
+                    "why": "llama.cpp runs the last layer's MoE only for output tokens; "
+                    "prefill on the timing copy outputs every token, so all layers run in full",
+                }
+                if self.slice_prefill()
+                else "off: the last layer's MoE ran for the last prompt token only"
+            )
+        info["loaded_file"] = self.loaded
         if self.model is not None:
             try:
                 info.update(self.model.facts())  # model_desc, buffers_mib, tensors_overridden...

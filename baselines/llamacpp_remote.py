@@ -119,8 +119,8 @@ class LlamaCppWorker:
     def unload(self) -> None:
         self.call("unload")
 
-    def prefill(self, ids: list[int]) -> float:
-        return self.call("prefill", ids=list(ids))
+    def prefill(self, ids: list[int], all_outputs: bool = False) -> float:
+        return self.call("prefill", ids=list(ids), all_outputs=all_outputs)
 
     def decode(self, ids: list[int], n_tokens: int) -> tuple[float, float, list[int]]:
         return self.call("decode", ids=list(ids), n_tokens=n_tokens)

@@ -135,6 +135,7 @@ class LlamaCppModel:
             "n_batch": int(lib.llama_n_batch(ctx)),
             "n_ubatch": int(lib.llama_n_ubatch(ctx)),
             "kv_type": self.kv_type,
+            "n_outputs": self.n_outputs,
             "offload_kqv": bool(p.offload_kqv),
             "op_offload": bool(getattr(p, "op_offload", True)),
         }

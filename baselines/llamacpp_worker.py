@@ -92,13 +92,14 @@ class Worker:
         self.model = None
 
     # -- measuring ---------------------------------------------------------------------------
-    def op_prefill(self, ids: list[int]) -> float:
-        """Seconds of one ``llama_decode`` of the whole prompt from an empty KV cache."""
+    def op_prefill(self, ids: list[int], all_outputs: bool = False) -> float:
+        """Seconds of one ``llama_decode`` of the whole prompt from an empty KV cache; with
+        ``all_outputs`` every token's logits are computed (else the last one's)."""
         m, n = self._ready(), len(ids)
         ubatch = self.n_ubatch or max(1, n)
-        m.ensure_context(n, ubatch, max(n, ubatch))
+        m.ensure_context(n, ubatch, max(n, ubatch), n_outputs=n if all_outputs else 1)
         m.clear()
-        m.prepare(ids, 0)
+        m.prepare(ids, 0, all_logits=all_outputs)
         m.synchronize()
         t0 = time.perf_counter()
         m.run()

@@ -9,7 +9,10 @@ F32, tensors whose rows do not fit the quantization block written F16, hyperpara
 under llama.cpp's keys and the byte-level BPE vocabulary from ``tokenizer.json``.
 Tensors are read one at a time (FP8 block-quantized weights dequantized with their
 ``_scale_inv``) and written straight to the file, so peak memory is one stacked expert
-tensor. ``export_gguf_cached`` reuses an up-to-date export and writes new ones atomically.
+tensor. ``vocab_limit`` V writes a timing copy: the first V rows of the embedding and the
+output head and a byte-level stand-in vocabulary of V tokens (for prefill on layer slices,
+:mod:`baselines.llamacpp`). ``export_gguf_cached`` reuses an up-to-date export and writes
+new ones atomically.
 Q8_0/Q4_0 are quantized by llama.cpp's own ``llama_model_quantize`` (from the F16 export)
 when llama-cpp-python is installed, else by gguf-py; that runs in a torch-free child
 process (:mod:`engine.llamacpp_quantize`; :class:`LlamaCppLog`, re-exported here, lives in
@@ -46,7 +49,12 @@ from safetensors import safe_open
 from tqdm import tqdm
 
 from engine.errors import UnsupportedModelError, WeightsError
-from engine.gguf_vocab import QWEN2_PRE_REGEX, pre_tokenizer_name, write_vocab
+from engine.gguf_vocab import (
+    QWEN2_PRE_REGEX,
+    STAND_IN_MIN_VOCAB,
+    pre_tokenizer_name,
+    write_vocab,
+)
 from engine.llamacpp_log import LlamaCppLog
 from engine.llamacpp_quantize import LLAMA_FTYPES, quantize_with_llamacpp
 from engine.loaders import gguf_names as names
@@ -255,18 +263,23 @@ def _layer_items(
         )
 
 
-def _plan(ck: _Checkpoint, arch: str, cfg: dict[str, Any], legacy_kv_b: bool) -> list[_Item]:
+def _head(ck: _Checkpoint, name: str, rows: int | None) -> _Item:
+    """An embedding/output matrix ``name`` (HF), only its first ``rows`` rows when given."""
+    shape = ck.shape(name)
+    if rows is None:
+        return _Item("", shape, lambda: ck.get(name))
+    return _Item("", (rows, *shape[1:]), lambda: np.ascontiguousarray(ck.get(name)[:rows]))
+
+
+def _plan(
+    ck: _Checkpoint, arch: str, cfg: dict[str, Any], legacy_kv_b: bool, head_rows: int | None
+) -> list[_Item]:
     by_layer: dict[int, list[str]] = {}
     for hf in sorted(ck.where):
         if hf.startswith("model.layers."):
             by_layer.setdefault(int(hf.split(".")[2]), []).append(hf)
-    items = [
-        _Item(
-            "token_embd.weight",
-            ck.shape("model.embed_tokens.weight"),
-            lambda: ck.get("model.embed_tokens.weight"),
-        )
-    ]
+    embed = _head(ck, "model.embed_tokens.weight", head_rows)
+    items = [_Item("token_embd.weight", embed.shape, embed.produce)]
     for layer in range(cfg["num_hidden_layers"]):  # later layers (DeepSeek-V3's MTP) are skipped
         if layer not in by_layer:
             raise WeightsError(f"{ck.dir}: no tensors for layer {layer}")
@@ -277,17 +290,12 @@ def _plan(ck: _Checkpoint, arch: str, cfg: dict[str, Any], legacy_kv_b: bool) ->
         )
     )
     if "lm_head.weight" in ck.where:
-        items.append(
-            _Item("output.weight", ck.shape("lm_head.weight"), lambda: ck.get("lm_head.weight"))
-        )
-    elif arch == "qwen2moe":  # llama.cpp's qwen2moe requires output.weight: write the tied copy
-        items.append(
-            _Item(
-                "output.weight",
-                ck.shape("model.embed_tokens.weight"),
-                lambda: ck.get("model.embed_tokens.weight"),
-            )
-        )
+        head = _head(ck, "lm_head.weight", head_rows)
+        items.append(_Item("output.weight", head.shape, head.produce))
+    elif arch == "qwen2moe" or head_rows is not None:
+        # llama.cpp's qwen2moe requires output.weight, and a cut embedding must not stand
+        # for a tied head: write the (cut) tied copy
+        items.append(_Item("output.weight", embed.shape, embed.produce))
     return items
 
 
@@ -472,13 +480,15 @@ def export_gguf(
     *,
     legacy_kv_b: bool = False,
     quantizer: str = "gguf-py",
+    vocab_limit: int | None = None,
 ) -> Path:
     """Write ``model_dir`` (HF safetensors) as a llama.cpp GGUF of ``out_type``; returns the path.
 
     ``legacy_kv_b`` keeps DeepSeek's fused ``attn_kv_b`` (pre-MLA llama.cpp layout) instead
     of the split ``attn_k_b`` / ``attn_v_b`` that current llama.cpp writes. ``quantizer``
     (see :data:`QUANTIZERS`) picks who quantizes q8_0/q4_0; with llama.cpp an F16 export
-    is written to a temporary file first and quantized from it.
+    is written to a temporary file first and quantized from it. ``vocab_limit`` V writes the
+    timing copy with a V-token head and stand-in vocabulary (see the module docstring).
     """
     model_dir, out_path = Path(model_dir), Path(out_path)
     if out_type not in OUT_TYPES:
@@ -486,22 +496,43 @@ def export_gguf(
     if resolve_quantizer(quantizer, out_type) == "llama.cpp":
         f16 = out_path.with_name(f"{out_path.name}.f16.tmp{os.getpid()}")
         try:
-            _write_gguf(model_dir, f16, "f16", progress, legacy_kv_b)
+            _write_gguf(model_dir, f16, "f16", progress, legacy_kv_b, vocab_limit)
             return quantize_with_llamacpp(f16, out_path, out_type)
         finally:
             f16.unlink(missing_ok=True)
-    return _write_gguf(model_dir, out_path, out_type, progress, legacy_kv_b)
+    return _write_gguf(model_dir, out_path, out_type, progress, legacy_kv_b, vocab_limit)
+
+
+def check_vocab_limit(vocab_limit: int | None, vocab_size: int, where: str) -> None:
+    """ValueError unless ``vocab_limit`` is None or from 257 (the stand-in vocabulary's size)
+    to ``vocab_size``."""
+    if vocab_limit is None:
+        return
+    low = STAND_IN_MIN_VOCAB
+    if not isinstance(vocab_limit, int) or not low <= vocab_limit <= vocab_size:
+        raise ValueError(
+            f"{where}: vocab_limit must be an int from {low} (the byte-level stand-in "
+            f"vocabulary) to the model's vocab_size {vocab_size}, got {vocab_limit!r}"
+        )
 
 
 def _write_gguf(
-    model_dir: Path, out_path: Path, out_type: str, progress: bool, legacy_kv_b: bool
+    model_dir: Path,
+    out_path: Path,
+    out_type: str,
+    progress: bool,
+    legacy_kv_b: bool,
+    vocab_limit: int | None = None,
 ) -> Path:
     """The gguf-py writer behind :func:`export_gguf` (atomic: a temporary file, then rename)."""
     base, ftype = OUT_TYPES[out_type]
     ck = _Checkpoint(model_dir)
     cfg = ck.config
     arch = arch_of(cfg, str(model_dir))
-    items = _plan(ck, arch, cfg, legacy_kv_b)
+    check_vocab_limit(vocab_limit, int(cfg["vocab_size"]), str(model_dir))
+    if vocab_limit is not None:
+        cfg = {**cfg, "vocab_size": vocab_limit}
+    items = _plan(ck, arch, cfg, legacy_kv_b, vocab_limit)
     w = GGUFWriter(path=None, arch=arch)
     w.add_name(model_dir.name)
     if arch == "qwen2moe":
@@ -510,7 +541,7 @@ def _write_gguf(
         _write_deepseek2(w, cfg, legacy_kv_b)
     w.add_file_type(ftype)
     w.add_quantization_version(GGML_QUANT_VERSION)
-    write_vocab(w, model_dir, cfg)
+    write_vocab(w, model_dir, cfg, stand_in=vocab_limit is not None)
     for it in items:
         it.qtype = _tensor_type(it.name, it.shape, base)
         shape, np_dtype, nbytes = _nbytes(it.shape, it.qtype)
@@ -537,13 +568,17 @@ def _write_gguf(
     return out_path
 
 
-def export_cache_key(model_dir: Path, out_type: str, quantizer: str = "gguf-py") -> str:
-    """Content key of an export: config.json bytes, other files' sizes/mtimes, out_type.
+def export_cache_key(
+    model_dir: Path, out_type: str, quantizer: str = "gguf-py", vocab_limit: int | None = None
+) -> str:
+    """Content key of an export: config.json bytes, other files' sizes/mtimes, out_type
+    (and the vocab limit of a timing copy).
 
     Files quantized by llama.cpp also key on the llama-cpp-python version that wrote them.
     """
     model_dir = Path(model_dir)
-    h = hashlib.sha256(f"hmoe-gguf v{EXPORT_VERSION} {out_type}\n".encode())
+    limit = f" vocab {vocab_limit}" if vocab_limit is not None else ""
+    h = hashlib.sha256(f"hmoe-gguf v{EXPORT_VERSION} {out_type}{limit}\n".encode())
     if quantizer == "llama.cpp":
         from importlib.metadata import PackageNotFoundError, version
 
@@ -574,6 +609,7 @@ def export_gguf_cached(
     progress: bool = False,
     *,
     quantizer: str = "auto",
+    vocab_limit: int | None = None,
 ) -> Path:
     """An up-to-date GGUF export of ``model_dir``: reused when cached, else written atomically.
 
@@ -585,17 +621,22 @@ def export_gguf_cached(
         raise WeightsError(f"{model_dir}: no config.json")
     if out_type not in OUT_TYPES:
         raise ValueError(f"out_type must be one of {sorted(OUT_TYPES)}, got {out_type!r}")
-    arch_of(json.loads((model_dir / "config.json").read_text()), str(model_dir))
+    cfg = json.loads((model_dir / "config.json").read_text())
+    arch_of(cfg, str(model_dir))
+    check_vocab_limit(vocab_limit, int(cfg["vocab_size"]), str(model_dir))
     who = resolve_quantizer(quantizer, out_type)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir(model_dir)
-    key = export_cache_key(model_dir, out_type, who)
-    out = cache / f"{model_dir.name}-{out_type}-{key}.gguf"
+    key = export_cache_key(model_dir, out_type, who, vocab_limit)
+    tag = f"-v{vocab_limit}" if vocab_limit is not None else ""
+    out = cache / f"{model_dir.name}-{out_type}{tag}-{key}.gguf"
     if out.is_file():
         return out
     if who == "llama.cpp":
-        f16 = export_gguf_cached(model_dir, "f16", cache, progress, quantizer="gguf-py")
+        f16 = export_gguf_cached(
+            model_dir, "f16", cache, progress, quantizer="gguf-py", vocab_limit=vocab_limit
+        )
         return quantize_with_llamacpp(f16, out, out_type)
-    return export_gguf(model_dir, out, out_type, progress)
+    return export_gguf(model_dir, out, out_type, progress, vocab_limit=vocab_limit)
 
 
 # -- command line ---------------------------------------------------------------------------
@@ -617,6 +658,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="default: cached beside the model")
     parser.add_argument("--quantizer", default="auto", choices=QUANTIZERS)
     parser.add_argument("--legacy-kv-b", action="store_true", help="DeepSeek: fused attn_kv_b")
+    parser.add_argument(
+        "--vocab-limit",
+        type=int,
+        default=None,
+        metavar="V",
+        help="a timing copy: only the first V embedding/output rows, stand-in vocabulary",
+    )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     if not args.model_dir.is_dir():
@@ -625,7 +673,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--legacy-kv-b needs --out (the cache holds the current layout)")
     if args.out is None:
         path = export_gguf_cached(
-            args.model_dir, args.out_type, progress=not args.no_progress, quantizer=args.quantizer
+            args.model_dir,
+            args.out_type,
+            progress=not args.no_progress,
+            quantizer=args.quantizer,
+            vocab_limit=args.vocab_limit,
         )
     else:
         path = export_gguf(
@@ -635,6 +687,7 @@ def main(argv: list[str] | None = None) -> int:
             not args.no_progress,
             legacy_kv_b=args.legacy_kv_b,
             quantizer=args.quantizer,
+            vocab_limit=args.vocab_limit,
         )
     print(path)
     return 0

@@ -4,7 +4,8 @@ Writes ``tokenizer.ggml.*``: the token list (ids beyond the tokenizer padded as 
 token types (added special tokens as control), merges, llama.cpp's pre-tokenizer name
 (``tokenizer.ggml.pre``, recognised from the pre-tokenizer regexes), BOS/EOS/PAD ids and
 the add-BOS/EOS flags and chat template from ``tokenizer_config.json``. Without a
-tokenizer.json a synthetic byte-level vocabulary is written.
+tokenizer.json, or for a timing copy (``stand_in``), a byte-level stand-in vocabulary is
+written (no merges, no special tokens).
 """
 
 from __future__ import annotations
@@ -63,17 +64,40 @@ def _bytes_to_unicode() -> list[str]:
     return [table[b] for b in range(256)]
 
 
+STAND_IN_MIN_VOCAB = 257  # the 256 byte tokens and one merged token
+
+
+def _stand_in_vocab(n_vocab: int) -> tuple[dict[str, int], list[str]]:
+    """The byte-level stand-in: 256 byte tokens, then "ĠĠ" (two spaces) and its merge, since
+    llama.cpp refuses a BPE vocabulary without merges and gguf-py writes no empty array."""
+    if n_vocab < STAND_IN_MIN_VOCAB:
+        raise WeightsError(f"a stand-in vocabulary needs {STAND_IN_MIN_VOCAB} ids, got {n_vocab}")
+    alphabet = _bytes_to_unicode()
+    space = alphabet[ord(" ")]
+    vocab = {t: i for i, t in enumerate(alphabet)}
+    vocab[space + space] = len(alphabet)
+    return vocab, [f"{space} {space}"]
+
+
 def _token_id(tok: Any, vocab: dict[str, int]) -> int | None:
     content = tok.get("content") if isinstance(tok, dict) else tok
     return vocab.get(content) if isinstance(content, str) else None
 
 
-def write_vocab(w: GGUFWriter, model_dir: Path, cfg: dict[str, Any]) -> None:
+def write_vocab(
+    w: GGUFWriter, model_dir: Path, cfg: dict[str, Any], stand_in: bool = False
+) -> None:
+    """``tokenizer.ggml.*`` for ``cfg["vocab_size"]`` ids; ``stand_in``: the byte-level
+    stand-in whatever the model's tokenizer (a timing copy's cut vocabulary)."""
     n_vocab = cfg["vocab_size"]
     tok_path = model_dir / "tokenizer.json"
     tcfg_path = model_dir / "tokenizer_config.json"
-    tcfg = json.loads(tcfg_path.read_text()) if tcfg_path.is_file() else {}
-    if tok_path.is_file():
+    tcfg = json.loads(tcfg_path.read_text()) if tcfg_path.is_file() and not stand_in else {}
+    if stand_in:
+        cfg = {k: v for k, v in cfg.items() if not k.endswith("_token_id")}
+        vocab, merges = _stand_in_vocab(n_vocab)
+        added, pre = {}, "default"
+    elif tok_path.is_file():
         tj = json.loads(tok_path.read_text())
         model = tj.get("model") or {}
         if model.get("type") != "BPE":
@@ -87,8 +111,8 @@ def write_vocab(w: GGUFWriter, model_dir: Path, cfg: dict[str, Any]) -> None:
         pre = pre_tokenizer_name(tj)
     else:
         log.warning("%s: no tokenizer.json; writing a synthetic byte-level vocabulary", model_dir)
-        vocab = {t: i for i, t in enumerate(_bytes_to_unicode()[:n_vocab])}
-        added, merges, pre = {}, [], "default"
+        vocab, merges = _stand_in_vocab(n_vocab)
+        added, pre = {}, "default"
     if max(vocab.values()) >= n_vocab:
         raise WeightsError(f"{tok_path}: token id {max(vocab.values())} >= vocab_size {n_vocab}")
     reverse = {i: t for t, i in vocab.items()}

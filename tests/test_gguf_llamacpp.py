@@ -154,6 +154,22 @@ def test_default_llamacpp_settings_stay_within_the_criterion(tiny, tmp_path):
     assert top1 >= MIN_TOP1 and rel <= MAX_REL
 
 
+@pytest.mark.parametrize("arch", ["qwen2_moe", "deepseek_v3"])
+def test_vocab_limited_timing_copy_computes_the_same_hidden_states(tiny, tmp_path, arch):
+    """The prefill timing copy (first V head rows, stand-in vocabulary) is the same network:
+    on ids below V its logits are the full export's first V columns, at every position."""
+    model_dir = tiny(arch, ARCHES[arch])
+    vocab = 300
+    ids = [t % vocab for t in _ids(model_dir)]
+    full = _llamacpp_logits(export_gguf(model_dir, tmp_path / "full.gguf", "f32", False), ids)
+    cut_path = export_gguf(model_dir, tmp_path / "cut.gguf", "f32", False, vocab_limit=vocab)
+    cut = _llamacpp_logits(cut_path, ids)
+    assert cut.shape == (len(ids), vocab)
+    np.testing.assert_allclose(cut, full[:, :vocab], rtol=1e-4, atol=1e-4 * np.abs(full).max())
+    with pytest.raises(ValueError, match="vocab_limit"):
+        export_gguf(model_dir, tmp_path / "bad.gguf", "f16", False, vocab_limit=100)
+
+
 def test_group_limit_selecting_every_group_is_not_written(tiny, tmp_path):
     """topk_group == n_group used to be written as such: llama.cpp then aborted the process
     (GGML_ASSERT n_group_used < n_expert_groups). A limit that selects every group is no
@@ -254,3 +270,9 @@ def test_cli_export_gguf_is_cached(tiny, hmoe):
     assert again.stdout.strip().splitlines()[-1] == str(path)
     bad = hmoe("export-gguf", str(model_dir), "--type", "q5_k")
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
+    cut = hmoe("export-gguf", str(model_dir), "--type", "q4_0", "--vocab-limit", "512")
+    assert cut.returncode == 0, cut.stderr
+    cut_path = Path(cut.stdout.strip().splitlines()[-1])
+    assert cut_path != path and "-q4_0-v512-" in cut_path.name and cut_path.is_file()
+    too_small = hmoe("export-gguf", str(model_dir), "--vocab-limit", "10")
+    assert too_small.returncode != 0 and "vocab_limit must be" in too_small.stderr

@@ -319,6 +319,43 @@ def test_prefill_and_decode_points(system_int8):
 
 
 @needs_llama_cpp
+def test_slice_prefill_runs_every_layer_in_full(tiny_qwen, system_int8, tmp_path):
+    """On a layer slice the prefill outputs every token (so llama.cpp's last layer runs its
+    MoE for the whole prompt) on the vocab-limited timing copy; decode swaps back to the
+    full export and gives the tokens the full model gives."""
+    from dataclasses import replace
+
+    from baselines.llamacpp import LlamaCppSystem
+
+    sliced = replace(tiny_qwen, layers_run=4, layers_total=24)
+    system = LlamaCppSystem({"device": "cpu", "threads": 2, "cache_dir": str(tmp_path)})
+    try:
+        system.load(sliced, "int8")
+        prompt = list(range(300, 364))
+        assert system.prefill(prompt).tokens == 64
+        assert system.model.actual["n_outputs"] == 64  # every token's logits
+        facts = system.describe()
+        assert facts["loaded_file"] == "slice_prefill"
+        assert "-q8_0-v512-" in facts["slice_prefill"]["gguf"]
+        dec = system.decode(prompt[:32], 12)
+        assert system.describe()["loaded_file"] == "full"
+        assert dec.token_ids == system_int8.decode(prompt[:32], 12).token_ids
+        assert system.model.actual["n_outputs"] == 1
+    finally:
+        system.close()
+    plain = LlamaCppSystem({"device": "cpu", "threads": 2, "slice_prefill_vocab": None})
+    try:
+        plain.load(sliced, "int8")
+        plain.prefill(list(range(300, 364)))
+        assert plain.model.actual["n_outputs"] == 1
+        assert plain.describe()["slice_prefill"].startswith("off")
+    finally:
+        plain.close()
+    with pytest.raises(ValueError, match="slice_prefill_vocab"):
+        LlamaCppSystem({"device": "cpu", "slice_prefill_vocab": 100})
+
+
+@needs_llama_cpp
 def test_describe_reports_the_placement_used(system_int8):
     facts = system_int8.describe()
     assert facts["gguf_type"] == "q8_0" and facts["gguf_origin"].startswith("exported from")

@@ -47,12 +47,14 @@ if ! python3 -c "import diskcache" 2>/dev/null; then
 fi
 
 echo "== 2. llama-cpp-python (CUDA + native CPU); meanwhile the slice and its F16 GGUF"
-# The synthetic slice and its F16 export do not need llama.cpp: made while it builds, in
+# The synthetic slice and its F16 exports do not need llama.cpp: made while it builds, in
 # the cache the harness reads (same request, so the runs below find them).
 (
   dir=$(python3 -m experiments.cli synth --arch qwen2_moe --kind slice --layers "$LAYERS" \
     --cache-dir "${HMOE_CACHE_DIR:-.cache}" --no-progress | tail -n 1) &&
-    python3 -m experiments.cli export-gguf "$dir" --type f16 --quantizer gguf-py --no-progress
+    python3 -m experiments.cli export-gguf "$dir" --type f16 --quantizer gguf-py --no-progress &&
+    python3 -m experiments.cli export-gguf "$dir" --type f16 --quantizer gguf-py --no-progress \
+      --vocab-limit 512  # the slice prefill's timing copy (system.options.slice_prefill_vocab)
 ) >/tmp/hmoe-prep.log 2>&1 &
 PREP=$!
 gpu_ready() {
