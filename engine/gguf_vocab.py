@@ -69,10 +69,12 @@ STAND_IN_MIN_VOCAB = 257  # the 256 byte tokens and one merged token
 
 def _stand_in_vocab(n_vocab: int) -> tuple[dict[str, int], list[str]]:
     """The byte-level stand-in: 256 byte tokens, then "ĠĠ" (two spaces) and its merge, since
-    llama.cpp refuses a BPE vocabulary without merges and gguf-py writes no empty array."""
-    if n_vocab < STAND_IN_MIN_VOCAB:
-        raise WeightsError(f"a stand-in vocabulary needs {STAND_IN_MIN_VOCAB} ids, got {n_vocab}")
+    llama.cpp refuses a BPE vocabulary without merges and gguf-py writes no empty array.
+    Below :data:`STAND_IN_MIN_VOCAB` ids: the bytes that fit and no merges (the engine's GGUF
+    loader reads that; llama.cpp does not)."""
     alphabet = _bytes_to_unicode()
+    if n_vocab < STAND_IN_MIN_VOCAB:
+        return {t: i for i, t in enumerate(alphabet[:n_vocab])}, []
     space = alphabet[ord(" ")]
     vocab = {t: i for i, t in enumerate(alphabet)}
     vocab[space + space] = len(alphabet)

@@ -14,8 +14,9 @@
 # Usage (repo root): OUT=/some/dir tests/gpu_host/llamacpp_gpu.sh SDIST|WHEEL|PIECES_DIR
 # Knobs: HMOE_LIMIT_S (whole-script budget, default 530 s), HMOE_SAVE_WHEEL (default 1), LLAMA_THREADS (default nproc),
 # LAYERS (slice layers, default 1), PREFILL (default [512,2048,8192]), DECODE (default 128),
-# TRIALS (default 3), ENGINE_DECODE_PRECISIONS (default [bf16]: the reference int8 decode
-# dequantizes every expert per call and takes minutes).
+# TRIALS (default 3), ENGINE_PRECISIONS (default [bf16]: the reference int8 backend
+# dequantizes every expert per call and takes minutes), NOOP_PREFILL (prompt lengths of the
+# op-offload-off pass, default [512,2048]: the CPU runs the experts, slowly).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT="${OUT:-/tmp/hmoe-llamacpp-out}"
@@ -127,16 +128,15 @@ COMMON=(
   "profile.trials=${TRIALS:-3}" results_root="$RESULTS" progress=false
 )
 LLAMA=(system=llamacpp "system.options.threads=$THREADS")
-timeout "$(budget 130)" python3 -m experiments.cli run -m experiment=prefill,decode \
+timeout "$(budget 95)" python3 -m experiments.cli run -m experiment=prefill,decode \
   "${LLAMA[@]}" "${COMMON[@]}" run="$RUN"
 echo "llama.cpp done, $(left)s left"
-timeout "$(budget 90)" python3 -m experiments.cli run experiment=prefill system=engine \
-  "${COMMON[@]}" run="$RUN"
-timeout "$(budget 60)" python3 -m experiments.cli run experiment=decode system=engine \
-  "system.precisions=${ENGINE_DECODE_PRECISIONS:-[bf16]}" "${COMMON[@]}" run="$RUN"
+timeout "$(budget 50)" python3 -m experiments.cli run -m experiment=prefill,decode system=engine \
+  "system.precisions=${ENGINE_PRECISIONS:-[bf16]}" "${COMMON[@]}" run="$RUN"
 echo "engine done, $(left)s left"
-timeout "$(budget 25)" python3 -m experiments.cli run experiment=prefill \
-  "${LLAMA[@]}" system.options.op_offload=false "${COMMON[@]}" run="${RUN}_no_op_offload"
+timeout "$(budget 15)" python3 -m experiments.cli run experiment=prefill \
+  "${LLAMA[@]}" system.options.op_offload=false "${COMMON[@]}" run="${RUN}_no_op_offload" \
+  "profile.prefill_lengths=${NOOP_PREFILL:-[512,2048]}"
 
 echo "== 4. results ($(left)s left)"
 python3 -m experiments.cli report "$RESULTS/$RUN" >/dev/null 2>&1
