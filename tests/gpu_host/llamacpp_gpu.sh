@@ -122,11 +122,11 @@ EOF
 echo "== 3. prefill + decode on a Qwen2-57B-A14B slice: llama.cpp, then the engine ($(left)s left)"
 RESULTS=/tmp/hmoe-results
 RUN=llamacpp_gpu
-COMMON=(
-  model=qw2 "model.synthetic.layers=$LAYERS" profile=gpu
-  "profile.prefill_lengths=${PREFILL:-[512,2048,8192]}" "profile.decode_tokens=${DECODE:-128}"
+BASE=(
+  model=qw2 "model.synthetic.layers=$LAYERS" profile=gpu "profile.decode_tokens=${DECODE:-128}"
   "profile.trials=${TRIALS:-3}" results_root="$RESULTS" progress=false
 )
+COMMON=("${BASE[@]}" "profile.prefill_lengths=${PREFILL:-[512,2048,8192]}")
 LLAMA=(system=llamacpp "system.options.threads=$THREADS")
 timeout "$(budget 95)" python3 -m experiments.cli run -m experiment=prefill,decode \
   "${LLAMA[@]}" "${COMMON[@]}" run="$RUN"
@@ -135,7 +135,7 @@ timeout "$(budget 50)" python3 -m experiments.cli run -m experiment=prefill,deco
   "system.precisions=${ENGINE_PRECISIONS:-[bf16]}" "${COMMON[@]}" run="$RUN"
 echo "engine done, $(left)s left"
 timeout "$(budget 15)" python3 -m experiments.cli run experiment=prefill \
-  "${LLAMA[@]}" system.options.op_offload=false "${COMMON[@]}" run="${RUN}_no_op_offload" \
+  "${LLAMA[@]}" system.options.op_offload=false "${BASE[@]}" run="${RUN}_no_op_offload" \
   "profile.prefill_lengths=${NOOP_PREFILL:-[512,2048]}"
 
 echo "== 4. results ($(left)s left)"
