@@ -17,7 +17,8 @@ Q8_0/Q4_0 are quantized by llama.cpp's own ``llama_model_quantize`` (from the F1
 when llama-cpp-python is installed, else by gguf-py; that runs in a torch-free child
 process (:mod:`engine.llamacpp_quantize`; :class:`LlamaCppLog`, re-exported here, lives in
 :mod:`engine.llamacpp_log`). ``main`` is ``hmoe export-gguf``.
-The vocabulary part lives in :mod:`engine.gguf_vocab`.
+The vocabulary part lives in :mod:`engine.gguf_vocab`, the hyperparameter keys in
+:mod:`engine.gguf_hparams`.
 """
 
 from __future__ import annotations
@@ -38,17 +39,16 @@ import torch
 from gguf import (
     GGML_QUANT_SIZES,
     GGML_QUANT_VERSION,
-    ExpertGatingFuncType,
     GGMLQuantizationType,
     GGUFWriter,
     LlamaFileType,
-    RopeScalingType,
 )
 from gguf.quants import quant_shape_to_byte_shape, quantize
 from safetensors import safe_open
 from tqdm import tqdm
 
 from engine.errors import UnsupportedModelError, WeightsError
+from engine.gguf_hparams import write_deepseek2, write_qwen2moe
 from engine.gguf_vocab import (
     QWEN2_PRE_REGEX,
     STAND_IN_MIN_VOCAB,
@@ -299,135 +299,6 @@ def _plan(
     return items
 
 
-# -- hyperparameters ------------------------------------------------------------------------
-def _rope(cfg: dict[str, Any]) -> tuple[float, dict[str, Any]]:
-    params = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
-    theta = cfg.get("rope_theta", params.get("rope_theta", 10000.0))
-    return float(theta), params
-
-
-def _write_rope(w: GGUFWriter, cfg: dict[str, Any], deepseek: bool) -> None:
-    theta, p = _rope(cfg)
-    w.add_rope_freq_base(theta)
-    rtype = p.get("rope_type", p.get("type"))
-    if rtype in (None, "default"):
-        return
-    if rtype == "linear":
-        w.add_rope_scaling_type(RopeScalingType.LINEAR)
-        w.add_rope_scaling_factor(float(p["factor"]))
-        return
-    if rtype != "yarn":
-        raise UnsupportedModelError(f"RoPE scaling {rtype!r} is not supported for GGUF export")
-    w.add_rope_scaling_type(RopeScalingType.YARN)
-    w.add_rope_scaling_factor(float(p["factor"]))
-    orig = p.get("original_max_position_embeddings", cfg.get("original_max_position_embeddings"))
-    if orig is not None:
-        w.add_rope_scaling_orig_ctx_len(int(orig))
-    for key, add in (
-        ("beta_fast", w.add_rope_scaling_yarn_beta_fast),
-        ("beta_slow", w.add_rope_scaling_yarn_beta_slow),
-        ("extrapolation_factor", w.add_rope_scaling_yarn_ext_factor),
-        ("attention_factor", w.add_rope_scaling_yarn_attn_factor),
-    ):
-        if p.get(key) is not None:
-            add(float(p[key]))
-    if deepseek and p.get("mscale_all_dim") is not None:
-        if p.get("mscale") is not None and float(p["mscale"]) != float(p["mscale_all_dim"]):
-            raise UnsupportedModelError("YaRN with mscale != mscale_all_dim has no llama.cpp key")
-        w.add_rope_scaling_yarn_log_mul(
-            0.1 * float(p["mscale_all_dim"])
-        )  # convert_hf_to_gguf's 0.1x
-
-
-def _write_common(w: GGUFWriter, cfg: dict[str, Any], n_experts: int) -> None:
-    w.add_type("model")
-    w.add_block_count(cfg["num_hidden_layers"])
-    w.add_context_length(int(cfg.get("max_position_embeddings", 4096)))
-    w.add_embedding_length(cfg["hidden_size"])
-    w.add_feed_forward_length(cfg["intermediate_size"])
-    w.add_head_count(cfg["num_attention_heads"])
-    w.add_layer_norm_rms_eps(float(cfg.get("rms_norm_eps", 1e-6)))
-    w.add_expert_count(n_experts)
-    w.add_expert_used_count(cfg["num_experts_per_tok"])
-
-
-def _write_qwen2moe(w: GGUFWriter, cfg: dict[str, Any]) -> None:
-    if cfg.get("decoder_sparse_step", 1) != 1 or cfg.get("mlp_only_layers"):
-        raise UnsupportedModelError(
-            "qwen2moe with dense layers (decoder_sparse_step != 1 or mlp_only_layers) "
-            "is not supported by llama.cpp"
-        )
-    _write_common(w, cfg, cfg["num_experts"])
-    w.add_head_count_kv(cfg.get("num_key_value_heads", cfg["num_attention_heads"]))
-    w.add_expert_feed_forward_length(cfg["moe_intermediate_size"])
-    w.add_expert_shared_feed_forward_length(cfg["shared_expert_intermediate_size"])
-    if cfg.get("norm_topk_prob"):  # llama.cpp's qwen2moe ignores this key; kept for round trips
-        w.add_expert_weights_norm(True)
-    _write_rope(w, cfg, deepseek=False)
-
-
-def _expert_groups(cfg: dict[str, Any], v3: bool) -> tuple[int, int] | None:
-    """(group count, groups used) to write, or None when group-limited routing is a no-op.
-
-    llama.cpp aborts the process (GGML_ASSERT, no error return) unless 1 < groups <
-    experts, experts % groups == 0 and 0 < used < groups, so those are checked here. With
-    used >= groups (or one group) the limit selects every group: nothing is written. Note
-    that llama.cpp ranks groups by the sum of their two best scores (DeepSeek-V3's
-    ``noaux_tc``); V2's ``group_limited_greedy`` ranks them by the best score alone, so
-    V2 routing can differ from Hugging Face's (convert_hf_to_gguf.py writes the same keys).
-    """
-    if cfg.get("topk_method", "noaux_tc" if v3 else "greedy") == "greedy":
-        return None
-    n_group, used = int(cfg.get("n_group") or 1), int(cfg.get("topk_group") or 0)
-    experts = int(cfg["n_routed_experts"])
-    if n_group <= 1 or used >= n_group:
-        return None
-    if used < 1 or experts % n_group or n_group >= experts:
-        raise UnsupportedModelError(
-            f"expert groups n_group={n_group}, topk_group={used} with {experts} experts "
-            "cannot be expressed for llama.cpp"
-        )
-    return n_group, used
-
-
-def _write_deepseek2(w: GGUFWriter, cfg: dict[str, Any], legacy_kv_b: bool) -> None:
-    v3 = cfg.get("model_type") == "deepseek_v3"
-    _write_common(w, cfg, cfg["n_routed_experts"])
-    rope, nope, v = cfg["qk_rope_head_dim"], cfg["qk_nope_head_dim"], cfg["v_head_dim"]
-    kv_lora = cfg["kv_lora_rank"]
-    w.add_vocab_size(cfg["vocab_size"])
-    w.add_leading_dense_block_count(int(cfg.get("first_k_dense_replace") or 0))
-    # llama.cpp reads q_lora_rank unless it guesses a "lite" model from the layer count;
-    # 0 means "no q LoRA" (it then uses attn_q), so always write it.
-    w.add_q_lora_rank(int(cfg.get("q_lora_rank") or 0))
-    w.add_kv_lora_rank(kv_lora)
-    if legacy_kv_b:
-        w.add_head_count_kv(cfg["num_attention_heads"])
-        w.add_key_length(nope + rope)
-        w.add_value_length(v)
-    else:  # MLA: MQA over the latent (head_count_kv 1), per-head sizes in *_mla
-        w.add_head_count_kv(1)
-        w.add_key_length(kv_lora + rope)
-        w.add_value_length(kv_lora)
-        w.add_key_length_mla(nope + rope)
-        w.add_value_length_mla(v)
-    w.add_expert_feed_forward_length(cfg["moe_intermediate_size"])
-    w.add_expert_shared_count(int(cfg.get("n_shared_experts") or 0))
-    w.add_expert_weights_scale(float(cfg.get("routed_scaling_factor") or 1.0))
-    if cfg.get("norm_topk_prob"):
-        w.add_expert_weights_norm(True)
-    scoring = cfg.get("scoring_func", "sigmoid" if v3 else "softmax")
-    w.add_expert_gating_func(
-        ExpertGatingFuncType.SIGMOID if scoring == "sigmoid" else ExpertGatingFuncType.SOFTMAX
-    )
-    groups = _expert_groups(cfg, v3)
-    if groups is not None:
-        w.add_expert_group_count(groups[0])
-        w.add_expert_group_used_count(groups[1])
-    w.add_rope_dimension_count(rope)
-    _write_rope(w, cfg, deepseek=True)
-
-
 # -- llama.cpp's own quantizer --------------------------------------------------------------
 def llamacpp_importable() -> bool:
     """True when llama-cpp-python (module ``llama_cpp``) can be imported here."""
@@ -536,9 +407,9 @@ def _write_gguf(
     w = GGUFWriter(path=None, arch=arch)
     w.add_name(model_dir.name)
     if arch == "qwen2moe":
-        _write_qwen2moe(w, cfg)
+        write_qwen2moe(w, cfg)
     else:
-        _write_deepseek2(w, cfg, legacy_kv_b)
+        write_deepseek2(w, cfg, legacy_kv_b)
     w.add_file_type(ftype)
     w.add_quantization_version(GGML_QUANT_VERSION)
     write_vocab(w, model_dir, cfg, stand_in=vocab_limit is not None)
