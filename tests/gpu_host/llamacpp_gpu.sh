@@ -10,13 +10,15 @@
 #      decode, then the bundled engine on the same slice and prompts, one results table;
 #      then llama.cpp's prefill again with op offload off (--no-op-offload: the experts'
 #      matmuls stay on the CPU instead of the weights being copied to the GPU per batch)
-#   4. results.csv, provenance.json, report.md and a summary to $OUT
+#   4. $OUT/results.tgz (results.csv, provenance.json, report.md, build info) and
+#      $OUT/summary.txt; the whole log in $OUT/llamacpp_gpu.log
 # Usage (repo root): OUT=/some/dir tests/gpu_host/llamacpp_gpu.sh SDIST|WHEEL|PIECES_DIR
 # Knobs: HMOE_LIMIT_S (whole-script budget, default 530 s), HMOE_SAVE_WHEEL (default 1), LLAMA_THREADS (default nproc),
 # LAYERS (slice layers, default 1), PREFILL (default [512,2048,8192]), DECODE (default 128),
-# TRIALS (default 3), ENGINE_PRECISIONS (default [bf16]: the reference int8 backend
+# TRIALS (default 3), LLAMA_PRECISIONS (default [bf16,int8]: F16 and Q8_0), ENGINE_PRECISIONS (default [bf16]: the reference int8 backend
 # dequantizes every expert per call and takes minutes), NOOP_PREFILL (prompt lengths of the
-# op-offload-off pass, default [512,2048]: the CPU runs the experts, slowly).
+# op-offload-off pass, default [512,2048]: the CPU runs the experts, slowly; empty skips it),
+# LLAMA_OPTS (more overrides for the llama.cpp runs, e.g. system.options.n_ubatch=512).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT="${OUT:-/tmp/hmoe-llamacpp-out}"
@@ -90,7 +92,7 @@ else
     if [ "${HMOE_SAVE_WHEEL:-1}" = 1 ]; then  # 0: keep $OUT's few file slots for results
       mkdir -p "$OUT/wheel"
       split -b 15m -d -a 2 "$WHEEL" "$OUT/wheel/$(basename "$WHEEL").part-"
-      (cd /tmp/hmoe-wheel && sha256sum "$(basename "$WHEEL")") >"$OUT/wheel/SHA256SUMS"
+      (cd /tmp/hmoe-wheel && sha256sum "$(basename "$WHEEL")")  # in the log: $OUT holds 8 files
       ls -l "$OUT/wheel"
     fi
   else
@@ -117,7 +119,7 @@ print("system_info:", llama_cpp.llama_print_system_info().decode())
 for dev in Ggml(llama_cpp).devices():
     print("device:", dev)
 EOF
-} 2>&1 | tee "$OUT/llamacpp_build.txt"
+} 2>&1 | tee /tmp/hmoe-llamacpp_build.txt
 
 echo "== 3. prefill + decode on a Qwen2-57B-A14B slice: llama.cpp, then the engine ($(left)s left)"
 RESULTS=/tmp/hmoe-results
@@ -127,23 +129,31 @@ BASE=(
   "profile.trials=${TRIALS:-3}" results_root="$RESULTS" progress=false
 )
 COMMON=("${BASE[@]}" "profile.prefill_lengths=${PREFILL:-[512,2048,8192]}")
-LLAMA=(system=llamacpp "system.options.threads=$THREADS")
+LLAMA=(system=llamacpp "system.precisions=${LLAMA_PRECISIONS:-[bf16,int8]}" "system.options.threads=$THREADS")
+read -r -a EXTRA_LLAMA <<<"${LLAMA_OPTS:-}"
+LLAMA+=("${EXTRA_LLAMA[@]}")
 timeout "$(budget 95)" python3 -m experiments.cli run -m experiment=prefill,decode \
   "${LLAMA[@]}" "${COMMON[@]}" run="$RUN"
 echo "llama.cpp done, $(left)s left"
 timeout "$(budget 50)" python3 -m experiments.cli run -m experiment=prefill,decode system=engine \
   "system.precisions=${ENGINE_PRECISIONS:-[bf16]}" "${COMMON[@]}" run="$RUN"
 echo "engine done, $(left)s left"
-timeout "$(budget 15)" python3 -m experiments.cli run experiment=prefill \
+NOOP="${NOOP_PREFILL-[512,2048]}"
+[ -n "$NOOP" ] && timeout "$(budget 15)" python3 -m experiments.cli run experiment=prefill \
   "${LLAMA[@]}" system.options.op_offload=false "${BASE[@]}" run="${RUN}_no_op_offload" \
-  "profile.prefill_lengths=${NOOP_PREFILL:-[512,2048]}"
+  "profile.prefill_lengths=$NOOP"
 
 echo "== 4. results ($(left)s left)"
 python3 -m experiments.cli report "$RESULTS/$RUN" >/dev/null 2>&1
+# One archive: $OUT brings back at most 8 files, and the wheel's pieces take some of them.
+BUNDLE=/tmp/hmoe-bundle
+mkdir -p "$BUNDLE"
 for f in results.csv provenance.json report.md; do
-  cp "$RESULTS/$RUN/$f" "$OUT/" 2>/dev/null
+  cp "$RESULTS/$RUN/$f" "$BUNDLE/" 2>/dev/null
 done
-cp "$RESULTS/${RUN}_no_op_offload/results.csv" "$OUT/results_no_op_offload.csv" 2>/dev/null
+cp "$RESULTS/${RUN}_no_op_offload/results.csv" "$BUNDLE/results_no_op_offload.csv" 2>/dev/null
+cp /tmp/hmoe-llamacpp_build.txt /tmp/hmoe-prep.log "$BUNDLE/" 2>/dev/null
+tar czf "$OUT/results.tgz" -C "$BUNDLE" .
 python3 - "$RESULTS/$RUN" "$RESULTS/${RUN}_no_op_offload" >"$OUT/summary.txt" 2>&1 <<'EOF'
 import json, sys
 from pathlib import Path
