@@ -12,7 +12,8 @@ Tensors are read one at a time (FP8 block-quantized weights dequantized with the
 tensor. ``vocab_limit`` V writes a timing copy: the first V rows of the embedding and the
 output head and a byte-level stand-in vocabulary of V tokens (for prefill on layer slices,
 :mod:`baselines.llamacpp`). ``export_gguf_cached`` reuses an up-to-date export and writes
-new ones atomically.
+new ones atomically; a file that cannot fit its disk fails before it is started
+(:mod:`engine.disk_space`).
 Q8_0/Q4_0 are quantized by llama.cpp's own ``llama_model_quantize`` (from the F16 export)
 when llama-cpp-python is installed, else by gguf-py; that runs in a torch-free child
 process (:mod:`engine.llamacpp_quantize`; :class:`LlamaCppLog`, re-exported here, lives in
@@ -47,6 +48,7 @@ from gguf.quants import quant_shape_to_byte_shape, quantize
 from safetensors import safe_open
 from tqdm import tqdm
 
+from engine.disk_space import require_free_space
 from engine.errors import UnsupportedModelError, WeightsError
 from engine.gguf_hparams import write_deepseek2, write_qwen2moe
 from engine.gguf_vocab import (
@@ -413,11 +415,14 @@ def _write_gguf(
     w.add_file_type(ftype)
     w.add_quantization_version(GGML_QUANT_VERSION)
     write_vocab(w, model_dir, cfg, stand_in=vocab_limit is not None)
+    total = 0
     for it in items:
         it.qtype = _tensor_type(it.name, it.shape, base)
         shape, np_dtype, nbytes = _nbytes(it.shape, it.qtype)
         raw = None if it.qtype in (GGMLQuantizationType.F32, GGMLQuantizationType.F16) else it.qtype
         w.add_tensor_info(it.name, shape, np.dtype(np_dtype), nbytes, raw_dtype=raw)
+        total += nbytes
+    require_free_space(out_path.parent, total, f"the {out_type} GGUF export {out_path.name}")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f"{out_path.name}.tmp{os.getpid()}")
     try:

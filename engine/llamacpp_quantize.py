@@ -17,11 +17,15 @@ import sys
 from pathlib import Path
 
 from engine.child_process import child_env, describe_exit, module_command
+from engine.disk_space import require_free_space
 from engine.errors import WeightsError
 from engine.llamacpp_load_order import load_llama_cpp_first
 from engine.llamacpp_log import LlamaCppLog
 
 LLAMA_FTYPES = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0"}
+# bytes per F16 byte of the source (Q8_0: 34 bytes per 32 weights; Q4_0: 18, with the
+# output head kept at higher precision): an estimate for the free-space check
+SIZE_PER_F16_BYTE = {"q8_0": 34 / 64, "q4_0": 22 / 64}
 REFUSED = 3  # the child's exit status when llama.cpp refused
 REASON_PREFIX = "llama.cpp refused: "
 
@@ -31,12 +35,17 @@ def quantize_with_llamacpp(src: Path, dst: Path, out_type: str, threads: int | N
 
     llama.cpp chooses each tensor's type as ``llama-quantize`` does (norms and routers stay
     F32, Q4_0 files keep a higher-precision output tensor, rows that do not fit a block
-    fall back). A refusal raises WeightsError with llama.cpp's logged reason; a quantizer
+    fall back). DiskSpaceError before anything runs when the estimated output does not fit
+    its disk. A refusal raises WeightsError with llama.cpp's logged reason; a quantizer
     process that dies (a crash in llama.cpp) raises RuntimeError saying how it ended.
     """
     if out_type not in LLAMA_FTYPES:
         raise ValueError(f"llama.cpp quantizes to {sorted(LLAMA_FTYPES)}, not {out_type!r}")
     src, dst = Path(src), Path(dst)
+    if not src.is_file():
+        raise WeightsError(f"{src}: the GGUF to quantize does not exist")
+    estimate = int(src.stat().st_size * SIZE_PER_F16_BYTE[out_type])
+    require_free_space(dst.parent, estimate, f"the {out_type} quantization {dst.name}")
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f"{dst.name}.tmp{os.getpid()}")
     cmd = module_command(__name__, str(src), str(tmp), out_type, str(int(threads or 0)))

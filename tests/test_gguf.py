@@ -620,6 +620,39 @@ def test_export_missing_expert(models, tmp_path):
     assert not [p for p in os.listdir(tmp_path) if p.startswith("b.gguf")]
 
 
+def test_export_that_cannot_fit_fails_before_writing(models, exports, tmp_path, monkeypatch):
+    """A full disk fails at once, naming the sizes, not minutes later inside a writer; the
+    planned size is the file's real size, and nothing is left behind."""
+    from collections import namedtuple
+
+    from engine import disk_space
+    from engine.disk_space import DiskSpaceError
+    from engine.gguf_export import quantize_with_llamacpp
+
+    real = exports("qwen2moe", "f16").stat().st_size
+    usage = namedtuple("usage", "total used free")
+    seen: list[int] = []
+
+    def disk_usage(path):
+        seen.append(1)
+        return usage(1 << 40, 0, real)  # the tensors fit, the slack does not
+
+    monkeypatch.setattr(disk_space.shutil, "disk_usage", disk_usage)
+    out = tmp_path / "sub" / "x.gguf"
+    with pytest.raises(DiskSpaceError, match=r"x\.gguf: it needs about .* GiB, only .* free"):
+        export_gguf(models["qwen2moe"], out, "f16", progress=False)
+    assert seen and not (tmp_path / "sub").exists()
+    big = tmp_path / "big-f16.gguf"
+    with big.open("wb") as f:
+        f.truncate(8 << 30)  # sparse: 8 GiB of F16 make about 4.25 GiB of Q8_0
+    monkeypatch.setattr(disk_space.shutil, "disk_usage", lambda p: usage(1 << 40, 0, 4 << 30))
+    with pytest.raises(DiskSpaceError, match="q8_0 quantization"):
+        quantize_with_llamacpp(big, tmp_path / "big-q8_0.gguf", "q8_0")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big-f16.gguf"]
+    with pytest.raises(WeightsError, match="does not exist"):
+        quantize_with_llamacpp(tmp_path / "missing.gguf", tmp_path / "m.gguf", "q8_0")
+
+
 def test_export_bad_out_type(models, tmp_path):
     with pytest.raises(ValueError, match="q5_k"):
         export_gguf(models["qwen2moe"], tmp_path / "x.gguf", "q5_k", progress=False)
