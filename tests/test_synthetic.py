@@ -87,7 +87,10 @@ def test_tiny_model_loads_and_runs_in_transformers(cache, prompt_text, arch) -> 
     # The weights really came from the files (not from transformers' random init).
     torch.testing.assert_close(model.lm_head.weight, _file_tensor(model_dir, "lm_head.weight"))
     gate = next(n for n in _tensor_names(model_dir) if n.endswith("mlp.gate.weight"))
-    torch.testing.assert_close(model.get_parameter(gate), _file_tensor(model_dir, gate))
+    # transformers >= 5.2x keeps DeepSeek-V2's router in float32 (an exact upcast of the file)
+    router = model.get_parameter(gate)
+    assert router.dtype in (torch.bfloat16, torch.float32)
+    torch.testing.assert_close(router.float(), _file_tensor(model_dir, gate).float())
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     config = json.loads((model_dir / "config.json").read_text())
