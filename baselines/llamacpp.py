@@ -24,7 +24,8 @@ that dies fails the call in flight with a RuntimeError, and the next load starts
 Options (conf/system/llamacpp.yaml): ``device`` auto|cpu|cuda, ``threads`` (null =
 physical cores), ``kv_on_cpu``, ``n_ubatch`` (null = prompt length), ``kv_type`` (KV cache
 type, -ctk/-ctv), ``flash_attn`` (null = llama.cpp's auto), ``use_mmap``, ``op_offload`` (false =
---no-op-offload: large batches' expert matmuls stay on the CPU),
+--no-op-offload: large batches' expert matmuls stay on the CPU), ``extra_buffers`` (weight
+repacking, --no-repack when false; null = auto, see :mod:`baselines.llamacpp_placement`),
 ``cpu_tensors`` (regexes kept in CPU memory on a GPU), ``full_precision`` f16|bf16,
 ``quantizer`` auto|llama.cpp|gguf-py, ``cache_dir`` (null = beside the model),
 ``bench_binary``, ``bench_repetitions``, ``slice_prefill_vocab``.
@@ -80,6 +81,7 @@ class LlamaCppConfig:
     flash_attn: bool | None = None
     use_mmap: bool = False
     op_offload: bool = True
+    extra_buffers: bool | None = None
     cpu_tensors: tuple[str, ...] = ("exps",)
     full_precision: str = "f16"
     quantizer: str = "auto"
@@ -107,6 +109,10 @@ class LlamaCppConfig:
             raise ValueError(f"n_ubatch must be a positive int or null, got {conf.n_ubatch!r}")
         if conf.kv_type not in KV_TYPES:
             raise ValueError(f"kv_type must be one of {sorted(KV_TYPES)}, got {conf.kv_type!r}")
+        if conf.extra_buffers is not None and not isinstance(conf.extra_buffers, bool):
+            raise ValueError(
+                f"extra_buffers must be true, false or null, got {conf.extra_buffers!r}"
+            )
         if conf.bench_repetitions < 1:
             raise ValueError(f"bench_repetitions must be >= 1, got {conf.bench_repetitions}")
         if conf.slice_prefill_vocab is not None and (
@@ -154,6 +160,7 @@ class LlamaCppSystem:
             threads=self.config.threads,
             use_mmap=self.config.use_mmap,
             op_offload=self.config.op_offload,
+            extra_buffers=self.config.extra_buffers,
         )
         self.bench: LlamaBench | None = None
         self.gguf: Path | None = None

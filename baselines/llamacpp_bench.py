@@ -58,6 +58,8 @@ def bench_command(
             cmd += ["-ot", f"{pattern}=CPU"]
         if not placement.op_offload:  # only when asked: older llama-bench lacks the flag
             cmd += ["-nopo", "1"]
+    if placement.extra_buffers is False:  # only when asked, like -nopo
+        cmd += ["-nr", "1"]
     cmd += ["--numa", "distribute", "-mmp", "1" if placement.use_mmap else "0"]
     cmd += ["-t", str(placement.threads), "-r", str(repetitions)]
     cmd += ["-p", str(n_prompt), "-n", str(n_gen), "-o", "jsonl"]

@@ -7,8 +7,15 @@ exps=CPU``); the KV cache stays on the CPU when asked (``-nkvo``). llama.cpp by 
 runs a large batch's ops on those CPU-resident weights on the GPU, copying the weights
 over for each batch ("op offload"); ``op_offload: false`` keeps them on the CPU
 (``--no-op-offload``). Without a GPU backend
-(or with ``device: cpu``) everything runs on the CPU. This module also reads what ggml
-reports about its devices and buffer types, for the placement facts in provenance.
+(or with ``device: cpu``) everything runs on the CPU. Weights in CPU memory may be
+repacked into llama.cpp's "extra" buffer types (CPU_REPACK, AMX; ``--no-repack`` turns that
+off): ``extra_buffers`` None (auto) keeps llama.cpp's default except on a CPU-only placement
+on a CPU with AMX, where llama.cpp's AMX matmul crashes the process on quantized weights
+(SIGSEGV/SIGILL in ``ggml_backend_amx_mul_mat``, llama.cpp issue #20824, seen on this
+project's AMX development machine with llama-cpp-python 0.3.36; on a GPU placement the
+CPU tensors sit in pinned ``CUDA_Host`` buffers and the AMX path is not used). This module
+also reads what ggml reports about its devices and buffer types, for the placement facts
+in provenance.
 """
 
 from __future__ import annotations
@@ -71,6 +78,8 @@ class Placement:
     # large batches' ops on CPU-resident weights run on the GPU, the weights copied over
     # (llama.cpp's default; False = --no-op-offload: they run on the CPU)
     op_offload: bool = True
+    # weight repacking into CPU_REPACK/AMX buffers; None = auto (see resolve_extra_buffers)
+    extra_buffers: bool | None = None
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -88,6 +97,7 @@ def plan_placement(
     threads: int | None = None,
     use_mmap: bool = False,
     op_offload: bool = True,
+    extra_buffers: bool | None = None,
 ) -> Placement:
     """The placement for ``device`` (auto|cpu|cuda|gpu) on this llama.cpp build.
 
@@ -115,7 +125,27 @@ def plan_placement(
         threads=threads or physical_cores(),
         use_mmap=bool(use_mmap),
         op_offload=bool(op_offload),
+        extra_buffers=None if extra_buffers is None else bool(extra_buffers),
     )
+
+
+AMX_CRASH = (
+    "off on a CPU-only placement on an AMX CPU: llama.cpp's AMX matmul crashes on quantized "
+    "weights there (llama.cpp issue #20824); system.options.extra_buffers=true forces it on"
+)
+
+
+def resolve_extra_buffers(placement: Placement, system_info: str) -> tuple[bool, str]:
+    """Whether llama.cpp may repack weights into its extra buffer types, and why.
+
+    ``placement.extra_buffers`` True/False is used as given; None (auto) is llama.cpp's
+    default (on), except off for a CPU-only placement when llama.cpp reports ``AMX_INT8``.
+    """
+    if placement.extra_buffers is not None:
+        return placement.extra_buffers, "as configured"
+    if placement.device == "cpu" and "AMX_INT8" in cpu_features(system_info):
+        return False, AMX_CRASH
+    return True, "llama.cpp's default"
 
 
 class _BuftOverride(ctypes.Structure):
@@ -193,11 +223,21 @@ class Ggml:
         raise SystemUnavailable(f"llama.cpp has no buffer type {name!r} (it has {names})")
 
 
-def model_params(llama_cpp: ModuleType, ggml: Ggml, placement: Placement) -> tuple[Any, list[Any]]:
-    """``llama_model_params`` for ``placement``, and the ctypes objects that must stay alive."""
+def model_params(
+    llama_cpp: ModuleType, ggml: Ggml, placement: Placement, extra_buffers: bool = True
+) -> tuple[Any, list[Any]]:
+    """``llama_model_params`` for ``placement`` (``extra_buffers``: llama.cpp's
+    ``use_extra_bufts``), and the ctypes objects that must stay alive."""
     params = llama_cpp.llama_model_default_params()
     fields = {f[0] for f in type(params)._fields_}
     params.n_gpu_layers = placement.n_gpu_layers
+    if "use_extra_bufts" in fields:
+        params.use_extra_bufts = extra_buffers
+    elif not extra_buffers:
+        raise SystemUnavailable(
+            f"llama-cpp-python {llama_cpp.__version__} cannot turn weight repacking off "
+            "(no use_extra_bufts in llama_model_params); upgrade llama-cpp-python"
+        )
     if "load_mode" in fields:
         params.load_mode = (
             llama_cpp.LLAMA_LOAD_MODE_MMAP if placement.use_mmap else llama_cpp.LLAMA_LOAD_MODE_NONE

@@ -20,7 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from baselines.llamacpp_placement import Ggml, Placement, import_llama_cpp, model_params
+from baselines.llamacpp_placement import (
+    Ggml,
+    Placement,
+    import_llama_cpp,
+    model_params,
+    resolve_extra_buffers,
+)
 from engine.errors import EngineError
 from engine.llamacpp_log import LlamaCppLog
 
@@ -57,7 +63,9 @@ class LlamaCppModel:
         self.placement = placement
         if not self.path.is_file():
             raise LlamaCppError(f"{self.path}: GGUF file not found")
-        params, keep = model_params(self.lib, self.ggml, placement)
+        system_info = self.lib.llama_print_system_info().decode(errors="replace")
+        self.extra_buffers, self.extra_buffers_why = resolve_extra_buffers(placement, system_info)
+        params, keep = model_params(self.lib, self.ggml, placement, self.extra_buffers)
         # llama.cpp logs to this capture for the model's lifetime (stderr stays quiet, and
         # every refusal can quote its reason); close() hands logging back.
         self.log = LlamaCppLog().__enter__()

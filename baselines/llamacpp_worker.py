@@ -208,6 +208,7 @@ class Worker:
             "buffers_mib": buffers_from_log(m.load_log + m.context_log),
             "tensors_overridden": overridden_tensors(m.load_log),
             "context": {**m.actual, "flash_attn_type": m.flash_attn},
+            "extra_buffers": {"used": m.extra_buffers, "why": m.extra_buffers_why},
         }
 
     def op_modules(self) -> list[str]:

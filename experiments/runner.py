@@ -257,10 +257,14 @@ class JobRunner:
                     mean = sum(t["tokens_per_s"] for t in trials) / len(trials)
                     self.summary.lines.append(f"{self._describe(point):<36} {mean:>12.2f} tokens/s")
                 bar.update(1)
+            # one entry per load (precision, variant): a later group must not overwrite
+            # what an earlier one reported
+            parts = (self.job_name, self._precision_label(point0), point0.variant)
+            key = "/".join(part for part in parts if part)
             try:
-                self.system_facts[self.job_name] = system.describe()
+                self.system_facts[key] = system.describe()
             except Exception as exc:  # noqa: BLE001
-                self.system_facts[self.job_name] = {"describe_error": _err_text(exc)}
+                self.system_facts[key] = {"describe_error": _err_text(exc)}
         finally:
             system.close()
 

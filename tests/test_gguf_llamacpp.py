@@ -37,7 +37,12 @@ transformers = pytest.importorskip("transformers")
 from gguf import GGUFReader  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
-from baselines.llamacpp_placement import Placement, overridden_tensors, plan_placement  # noqa: E402
+from baselines.llamacpp_placement import (  # noqa: E402
+    Placement,
+    buffers_from_log,
+    overridden_tensors,
+    plan_placement,
+)
 from baselines.llamacpp_runtime import LlamaCppError, LlamaCppModel  # noqa: E402
 from engine.errors import UnsupportedModelError  # noqa: E402
 from engine.experts import make_expert_backend  # noqa: E402
@@ -202,6 +207,23 @@ def test_llamacpp_quantizer_exports_load_and_run(tiny, tmp_path, arch, out_type,
     rel, top1 = _agreement(_llamacpp_logits(path, ids), _engine_logits(model_dir, ids))
     print(f"{arch} {out_type} (llama.cpp quantizer) vs engine: rel {rel:.3f}, top-1 {top1:.3f}")
     assert rel <= max_rel
+
+
+def test_extra_buffers_off_reaches_llamacpp(tiny, tmp_path):
+    """``extra_buffers: false`` (--no-repack) leaves every weight in the plain CPU buffer:
+    no CPU_REPACK or AMX model buffer in llama.cpp's load log, and the model still runs."""
+    model_dir = tiny("qwen2_moe")
+    gguf = export_gguf_cached(model_dir, "q8_0", tmp_path, quantizer="llama.cpp")
+    model = LlamaCppModel(gguf, plan_placement("cpu", False, threads=1, extra_buffers=False))
+    try:
+        assert set(buffers_from_log(model.load_log)["model"]) == {"CPU"}
+        ids = _ids(model_dir)[:16]
+        model.ensure_context(len(ids) + 1, len(ids))
+        model.prepare(ids, 0)
+        model.run()
+        assert np.isfinite(model.logits()).all()
+    finally:
+        model.close()
 
 
 def test_tensor_overrides_reach_llamacpp(tiny, tmp_path):

@@ -25,7 +25,7 @@ import pytest
 import torch
 
 from baselines.llamacpp_bench import LlamaBench, bench_command, parse_jsonl
-from baselines.llamacpp_placement import INSTALL_HINT, plan_placement
+from baselines.llamacpp_placement import INSTALL_HINT, plan_placement, resolve_extra_buffers
 from baselines.llamacpp_runtime import LlamaCppError
 from engine.child_process import child_env
 from experiments.system_api import ModelSpec, Sampling, SystemUnavailable, encode_pair
@@ -108,6 +108,7 @@ def test_options_are_checked():
         {"n_ubatch": 0},
         {"kv_type": "q4_k"},
         {"bench_repetitions": 0},
+        {"extra_buffers": "yes"},
     ):
         with pytest.raises(ValueError):
             LlamaCppConfig.from_mapping(bad)
@@ -134,6 +135,23 @@ def test_placement_plan():
         plan_placement("tpu", True)
     with pytest.raises(Exception, match="unterminated|missing"):
         plan_placement("cuda", True, cpu_tensors=["exps("])
+
+
+def test_extra_buffers_auto_is_off_only_cpu_only_on_amx():
+    """Weight repacking stays llama.cpp's default (on) except on a CPU-only placement on an
+    AMX CPU, where llama.cpp's AMX matmul crashes; a configured value is used as given."""
+    amx = "CPU : AVX2 = 1 | AVX512 = 1 | AMX_INT8 = 1 | REPACK = 1 |"
+    avx2 = "CPU : AVX2 = 1 | AMX_INT8 = 0 | REPACK = 1 |"
+    cpu, gpu = plan_placement("cpu", False), plan_placement("cuda", True)
+    assert cpu.extra_buffers is None and cpu.as_dict()["extra_buffers"] is None
+    used, why = resolve_extra_buffers(cpu, amx)
+    assert used is False and "20824" in why
+    assert resolve_extra_buffers(cpu, avx2) == (True, "llama.cpp's default")
+    assert resolve_extra_buffers(gpu, amx) == (True, "llama.cpp's default")
+    forced = plan_placement("cpu", False, extra_buffers=True)
+    assert resolve_extra_buffers(forced, amx) == (True, "as configured")
+    off = plan_placement("cuda", True, extra_buffers=False)
+    assert resolve_extra_buffers(off, avx2) == (False, "as configured")
 
 
 def test_bench_command_uses_the_papers_flags():
@@ -186,7 +204,12 @@ def test_bench_command_uses_the_papers_flags():
         repetitions=1,
         n_ubatch=None,
     )
-    assert "-nopo 1" in " ".join(cmd)
+    assert "-nopo 1" in " ".join(cmd) and "-nr" not in cmd
+    no_repack = plan_placement("cpu", False, extra_buffers=False)
+    cmd = bench_command(
+        "llama-bench", Path("m.gguf"), no_repack, n_prompt=8, n_gen=0, repetitions=1, n_ubatch=None
+    )
+    assert "-nr 1" in " ".join(cmd)
 
 
 def test_llama_cpp_must_load_before_numpy():
@@ -364,6 +387,8 @@ def test_describe_reports_the_placement_used(system_int8):
     assert facts["buffers_mib"]["model"]["CPU"] > 0
     assert "CPU" in facts["system_info"] and facts["cpu_features"]
     assert facts["devices"][0]["type"] == "cpu"
+    repacked = facts["extra_buffers"]
+    assert repacked["used"] is ("AMX_INT8" not in facts["cpu_features"]), repacked
     json.dumps(facts)  # provenance stores it as JSON
 
 
@@ -457,6 +482,9 @@ def test_harness_runs_llamacpp_points(hmoe, tmp_path):
     assert set(rows["precision"]) <= {"fp16", "int8", "int4"}
     assert (rows["tokens_per_s"] > 0).all() and np.isfinite(rows["seconds"]).all()
     facts = json.loads((results / "t" / "provenance.json").read_text())["systems"]
+    # one entry per loaded precision, each with what that load used
+    assert set(facts) == {f"prefill/tiny_deepseek_v3/llamacpp/{p}" for p in rows["precision"]}
+    assert len({f["gguf_type"] for f in facts.values()}) == len(facts) == 2
     placement = next(iter(facts.values()))["placement"]
     assert placement["device"] == "cpu"
     # progress lines carry the label the rows carry (fp16, not the harness's bf16)
