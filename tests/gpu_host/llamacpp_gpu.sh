@@ -4,7 +4,9 @@
 #   2. llama-cpp-python with CUDA (sm_90) + this host's native CPU instructions: built from
 #      the carried sdist ($1), or installed from a wheel built earlier ($1 = the .whl, or
 #      the directory holding its pieces); a fresh build is saved to $OUT/wheel/ in 15 MiB
-#      pieces (reassemble: cat NAME.whl.part-* > NAME.whl) so later calls skip the build
+#      pieces (reassemble: cat NAME.whl.part-* > NAME.whl) so later calls skip the build,
+#      when it is small enough to come back (4 pieces; 0.3.36's CUDA wheel is 266 MB, so
+#      it is not, and every fresh machine rebuilds it, about 4-5 minutes)
 #   3. the hybrid placement (all layers on the GPU, routed experts in CPU memory, KV on
 #      the CPU) on a synthetic Qwen2-57B-A14B layer slice, F16 and Q8_0, prefill and
 #      decode, then the bundled engine on the same slice and prompts, one results table;
@@ -89,7 +91,10 @@ else
     echo "build exit $rc after $((SECONDS - t0))s"
     WHEEL=$(ls /tmp/hmoe-wheel/llama_cpp_python-*.whl 2>/dev/null | head -1)
     [ "$rc" = 0 ] && [ -n "$WHEEL" ] || exit 1
-    if [ "${HMOE_SAVE_WHEEL:-1}" = 1 ]; then  # 0: keep $OUT's few file slots for results
+    size=$(stat -c %s "$WHEEL")
+    if [ "${HMOE_SAVE_WHEEL:-1}" = 1 ] && [ "$size" -gt $((60 << 20)) ]; then
+      echo "wheel is $((size >> 20)) MiB: too large to come back through \$OUT, not saved"
+    elif [ "${HMOE_SAVE_WHEEL:-1}" = 1 ]; then  # 0: keep $OUT's few file slots for results
       mkdir -p "$OUT/wheel"
       split -b 15m -d -a 2 "$WHEEL" "$OUT/wheel/$(basename "$WHEEL").part-"
       (cd /tmp/hmoe-wheel && sha256sum "$(basename "$WHEEL")")  # in the log: $OUT holds 8 files
