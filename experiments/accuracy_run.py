@@ -2,18 +2,24 @@
 
 The task is the project's lm-eval YAML (experiments/lm_eval_tasks/) with this run's
 settings applied to the loaded lm-eval Task: samples per problem (``repeats``), the stop
-strings and token budget of the task, and the sampling temperature. lm-eval drives the
-requests through :class:`~experiments.lm_eval_adapter.HmoeLM` and aggregates the task's
-own scores; its logged samples give every completion for the generations file.
+strings and token budget of the task, the sampling temperature, and the scoring rules
+(``paper`` or ``strict``, see experiments.accuracy_tasks.rules) each completion is scored
+by. lm-eval drives the requests through :class:`~experiments.lm_eval_adapter.HmoeLM` and
+aggregates the scores; its logged samples give every completion for the generations file,
+written in the artifact's layout: round r of the samples of every problem, in test order,
+before round r + 1 (HumanEval: 10 rounds of 164 lines), so that pairing line j with
+problem j % N, as the paper rules do, finds each completion's problem.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from experiments.accuracy_tasks.rules import DEFAULT_RULES, check_rules
 from experiments.errors import HmoeError
 from experiments.system_api import System
 
@@ -25,7 +31,8 @@ class EvalSettings:
     """What one accuracy evaluation runs: task, data, subset, sampling and expert split.
 
     ``samples`` completions per problem at ``temperature`` (greedy at 0; the score is the
-    mean over samples); ``max_new_tokens`` caps the task's own token budget (None = none).
+    mean over samples); ``max_new_tokens`` caps the task's own token budget (None = none);
+    ``rules`` names the scoring rules ("paper" | "strict").
     """
 
     task: str
@@ -38,6 +45,7 @@ class EvalSettings:
     immediate_experts: int | None = None
     deferred_experts: int = 0
     progress: bool = False
+    rules: str = DEFAULT_RULES
 
 
 @dataclass(frozen=True)
@@ -48,10 +56,27 @@ class EvalOutcome:
     score: float
     n: int  # problems scored
     seconds: float  # wall time of the lm-eval run (generation + scoring)
-    generations: list[dict[str, Any]]  # {"idx", "completion"}, samples of a problem in order
+    generations: list[dict[str, Any]]  # {"idx", "completion"}: round 0 of every problem, ...
     problem_scores: list[dict[str, Any]]  # {"idx", "score"} (+ "subject" when the doc has one)
     lm_eval_version: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+    rules: str = DEFAULT_RULES
+
+
+def score_under(rules: str, row: dict[str, Any], results: list[Any]) -> dict[str, float]:
+    """lm-eval ``process_results`` under ``rules``: the mean score of a problem's samples.
+
+    (hooks.process_results with the rules named; bound with functools.partial.)
+    """
+    from experiments.accuracy_tasks import get_task
+    from experiments.lm_eval_tasks.hooks import task_doc
+
+    completions = results[0]
+    if isinstance(completions, str):
+        completions = [completions]
+    task, doc = get_task(row["task"]), task_doc(row)
+    scores = [float(task.score(doc, text, rules)) for text in completions]
+    return {"score": sum(scores) / len(scores)}
 
 
 def _lm_eval_task(settings: EvalSettings) -> tuple[Any, Any, Any]:
@@ -62,6 +87,7 @@ def _lm_eval_task(settings: EvalSettings) -> tuple[Any, Any, Any]:
     from experiments.lm_eval_tasks import TASKS_DIR, lm_eval_name
 
     task = get_task(settings.task)
+    check_rules(settings.rules)
     manager = TaskManager(
         include_path=str(TASKS_DIR),
         include_defaults=False,
@@ -85,6 +111,7 @@ def _lm_eval_task(settings: EvalSettings) -> tuple[Any, Any, Any]:
                 "temperature": float(settings.temperature) if sampled else 0.0,
             },
         )
+        lm_task.set_config("process_results", functools.partial(score_under, settings.rules))
     return manager, lm_task, task
 
 
@@ -125,7 +152,8 @@ def run_task(system: System, settings: EvalSettings) -> EvalOutcome:
         quiet.setLevel(level)
     if not results:
         raise HmoeError(f"lm-eval returned no results for {name}")
-    return _outcome(settings.task, task, results, name, seconds, lm_eval.__version__)
+    outcome = _outcome(settings.task, task, results, name, seconds, lm_eval.__version__)
+    return replace(outcome, rules=settings.rules)
 
 
 def _outcome(
@@ -144,7 +172,7 @@ def _outcome(
     except KeyError as exc:
         raise HmoeError(f"lm-eval results for {name} lack {metric!r}") from exc
     samples = sorted(results["samples"][name], key=lambda s: s["doc_id"])
-    generations: list[dict[str, Any]] = []
+    rounds: list[list[dict[str, Any]]] = []  # rounds[r]: the r-th sample of every problem
     problems: list[dict[str, Any]] = []
     for sample in samples:
         doc = task_doc(sample["doc"])
@@ -153,12 +181,15 @@ def _outcome(
             choices = list(task.choices(doc))
             lls = [float(r[0]) for r in sample["filtered_resps"]]
             pick = max(range(len(lls)), key=lls.__getitem__)
-            generations.append({"idx": idx, "completion": choices[pick].strip()})
+            completions = [choices[pick].strip()]
             problem = {"idx": idx, "score": float(sample["acc"])}
         else:
-            for completion in sample["resps"][0]:
-                generations.append({"idx": idx, "completion": completion})
+            completions = list(sample["resps"][0])
             problem = {"idx": idx, "score": float(sample["score"])}
+        for r, completion in enumerate(completions):
+            if r == len(rounds):
+                rounds.append([])
+            rounds[r].append({"idx": idx, "completion": completion})
         if "subject" in doc:
             problem["subject"] = doc["subject"]
         problems.append(problem)
@@ -167,7 +198,7 @@ def _outcome(
         score=score,
         n=len(problems),
         seconds=seconds,
-        generations=generations,
+        generations=[line for lines in rounds for line in lines],
         problem_scores=problems,
         lm_eval_version=version,
         details=_per_subject(problems),

@@ -88,10 +88,11 @@ _CLONE_NEWUSER = 0x10000000
 _CLONE_NEWNET = 0x40000000
 _REPORT_LIMIT = 4096
 
-# The child's entry point: argv = [report fd, "1" to install the network audit hook].
+# The child's entry point: argv = [report fd, "1" to install the network audit hook,
+# the program's __name__].
 _BOOTSTRAP = r"""
 import os, sys
-def _hmoe_sandbox(report_fd, audit):
+def _hmoe_sandbox(report_fd, audit, module_name):
     chunks = []
     while True:
         chunk = os.read(0, 1 << 20)
@@ -112,9 +113,9 @@ def _hmoe_sandbox(report_fd, audit):
         sys.addaudithook(_no_network)
     code = compile(source, "<program>", "exec")
     del source
-    exec(code, {"__name__": "__main__", "__builtins__": __builtins__})
+    exec(code, {"__name__": module_name, "__builtins__": __builtins__})
     os.write(report_fd, nonce + b" done\n")
-_hmoe_sandbox(int(sys.argv[1]), sys.argv[2] == "1")
+_hmoe_sandbox(int(sys.argv[1]), sys.argv[2] == "1", sys.argv[3])
 """
 
 
@@ -254,6 +255,7 @@ def _execute(
     memory_mb: int,
     max_output_bytes: int,
     audit: bool,
+    module_name: str = "__main__",
 ) -> ExecResult:
     start = time.monotonic()
     nonce = secrets.token_hex(16).encode()
@@ -275,7 +277,15 @@ def _execute(
     try:
         try:
             proc = subprocess.Popen(
-                [plan.interpreter, "-I", "-c", _BOOTSTRAP, str(report_w), "1" if audit else "0"],
+                [
+                    plan.interpreter,
+                    "-I",
+                    "-c",
+                    _BOOTSTRAP,
+                    str(report_w),
+                    "1" if audit else "0",
+                    module_name,
+                ],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -433,9 +443,22 @@ def run_program(
     timeout_s: float = 10.0,
     memory_mb: int = 1024,
     max_output_bytes: int = 1_000_000,
+    module_name: str = "__main__",
 ) -> ExecResult:
-    """Run ``source`` as ``__main__`` in the sandbox; passed = ran to its end and exited 0."""
+    """Run ``source`` in the sandbox; passed = ran to its end and exited 0.
+
+    ``module_name`` is the program's ``__name__`` ("__main__" as for a script; the paper
+    rules use "builtins", what ``exec`` with empty globals gives, as the artifact did).
+    """
+    if not module_name.isidentifier():
+        raise ValueError(f"module_name must be an identifier, got {module_name!r}")
     plan = _plan()
     return _execute(
-        plan, source, timeout_s, memory_mb, max_output_bytes, audit=not plan.network_namespace
+        plan,
+        source,
+        timeout_s,
+        memory_mb,
+        max_output_bytes,
+        audit=not plan.network_namespace,
+        module_name=module_name,
     )

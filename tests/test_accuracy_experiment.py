@@ -1,6 +1,7 @@
 """The accuracy experiment end to end: lm-eval task YAMLs -> HmoeLM -> System, a score in
-[0, 1] equal to re-scoring the written generations (paper format), MMLU through
-System.loglikelihood, right answers scored right, the runner's rows, and NOT RUN reasons."""
+[0, 1] equal to re-scoring the written generations (paper format and layout) under the
+configured scoring rules, MMLU through System.loglikelihood, right answers scored right
+under both rule sets, the runner's rows (with their scoring rules), and NOT RUN reasons."""
 
 from __future__ import annotations
 
@@ -21,10 +22,10 @@ import yaml  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 
 from engine.synthetic import SyntheticRequest, ensure_synthetic_model  # noqa: E402
-from engine.system import EngineSystem  # noqa: E402
 from experiments import accuracy  # noqa: E402
 from experiments.accuracy_run import EvalSettings, run_task  # noqa: E402
 from experiments.accuracy_tasks import TASKS, get_task  # noqa: E402
+from experiments.engine_system import EngineSystem  # noqa: E402
 from experiments.errors import HmoeError  # noqa: E402
 from experiments.lm_eval_tasks import TASKS_DIR, lm_eval_name  # noqa: E402
 from experiments.points import Point  # noqa: E402
@@ -89,7 +90,7 @@ def read_generations(path: Path) -> list[dict]:
     return [json.loads(line) for line in lines]
 
 
-def rescore(task_name: str, generations: list[dict]) -> float:
+def rescore(task_name: str, generations: list[dict], rules: str) -> float:
     """The score of a generations file, computed without lm-eval: mean over problems of the
     mean over that problem's samples (pass@1 averaged)."""
     task = get_task(task_name)
@@ -100,7 +101,7 @@ def rescore(task_name: str, generations: list[dict]) -> float:
         if task.kind == "multiple_choice":
             by_idx[g["idx"]].append(float(g["completion"] == LETTERS[task.gold(doc)]))
         else:
-            by_idx[g["idx"]].append(task.score(doc, g["completion"]))
+            by_idx[g["idx"]].append(task.score(doc, g["completion"], rules))
     return sum(sum(v) / len(v) for v in by_idx.values()) / len(by_idx)
 
 
@@ -143,14 +144,17 @@ def test_measure_on_the_tiny_engine(task_name, engine, tmp_path, model_cache):
     spy = SpySystem(engine)
     out = accuracy.measure(spy, point, cfg, tmp_path / "acc", "pid123")
     assert 0.0 <= out["score"] <= 1.0 and out["n"] == LIMIT and out["seconds"] > 0
+    assert out["scoring_rules"] == "paper"  # the default
     generations = read_generations(tmp_path / "acc" / "generations" / "pid123.jsonl")
     samples = 2 if task_name == "human_eval" else 1
     assert len(generations) == LIMIT * samples
     assert all(set(g) == {"idx", "completion"} for g in generations)
-    assert sorted(g["idx"] for g in generations) == sorted(list(range(LIMIT)) * samples)
-    assert rescore(task_name, generations) == pytest.approx(out["score"])
+    # The artifact's layout: round 0 of every problem, then round 1, ...
+    assert [g["idx"] for g in generations] == list(range(LIMIT)) * samples
+    assert rescore(task_name, generations, "paper") == pytest.approx(out["score"])
     summary = json.loads((tmp_path / "acc" / "generations" / "pid123.json").read_text())
     assert summary["n"] == LIMIT and summary["score"] == out["score"]
+    assert summary["scoring_rules"] == "paper"
     assert summary["settings"]["samples"] == samples
     assert summary["settings"]["temperature"] == (0.3 if task_name == "human_eval" else 0.0)
     task = get_task(task_name)
@@ -167,9 +171,10 @@ def test_measure_on_the_tiny_engine(task_name, engine, tmp_path, model_cache):
         assert set(summary["per_subject"]) == {d["subject"] for d in docs}
     else:
         assert spy.calls == []
-        # `hmoe score` re-scores the file to the same number.
+        # `hmoe score` re-scores the file to the same number (paper rules: by position).
         path = tmp_path / "acc" / "generations" / "pid123.jsonl"
-        assert score_file(task_name, path, DATA, workers=1)["score"] == pytest.approx(out["score"])
+        again = score_file(task_name, path, DATA, limit=LIMIT, workers=1)
+        assert again["score"] == pytest.approx(out["score"]) and again["rules"] == "paper"
 
 
 class OracleSystem:
@@ -219,6 +224,7 @@ def test_right_answers_score_through_lm_eval(task_name):
         temperature=0.3 if sampled else 0.0,
         immediate_experts=4,
         deferred_experts=4,
+        rules="strict",
     )
     outcome = run_task(oracle, settings)
     # idx 0 and 2 right (human_eval: only their first of 2 samples), 1 and 3 wrong.
@@ -238,12 +244,34 @@ def test_right_answers_score_through_lm_eval(task_name):
 
 
 @needs_data
+@pytest.mark.parametrize("task_name", ["mbpp", "strategy_qa"])
+def test_lm_eval_scores_under_the_rules_asked_for(task_name):
+    """The same completions, scored by lm-eval under each rule set: the paper rules drop
+    MBPP's imports (problem 2's reference solution needs one) and read StrategyQA's
+    " So the answer is 12345678." as "no" (right where the label is no)."""
+    settings = EvalSettings(task=task_name, data_dir=str(DATA), limit=4)
+    strict = run_task(OracleSystem(task_name), replace(settings, rules="strict"))
+    paper = run_task(OracleSystem(task_name), replace(settings, rules="paper"))
+    assert strict.rules == "strict" and paper.rules == "paper"
+    assert strict.score == pytest.approx(0.5)
+    if task_name == "mbpp":
+        assert [p["score"] for p in paper.problem_scores] == [1.0, 0.0, 0.0, 0.0]
+    else:
+        labels = [d["label"] for d in get_task(task_name).load_problems(DATA, limit=4)]
+        wrong_but_no = sum(labels[i] == "no" for i in (1, 3))
+        assert paper.score == pytest.approx((2 + wrong_but_no) / 4)
+    with pytest.raises(HmoeError, match="unknown scoring rules"):
+        run_task(OracleSystem(task_name), replace(settings, rules="lenient"))
+
+
+@needs_data
 def test_runner_records_scores_and_generations(tmp_path, model_cache):
     cfg = compose_config(overrides(tmp_path, model_cache, "experiment.tasks=[gsm8k,mmlu]"))
     summary = JobRunner(cfg).run()
     assert summary.planned == 4 and summary.ok == 4, summary
     df = pd.read_csv(tmp_path / "acc" / "results.csv")
     assert (df["status"] == "ok").all() and len(df) == 4
+    assert (df["scoring_rules"] == "paper").all()
     assert df["score"].between(0, 1).all() and (df["seconds"] > 0).all()
     assert df["tokens_per_s"].isna().all()
     assert set(zip(df["immediate_experts"], df["deferred_experts"], strict=True)) == {
@@ -273,22 +301,36 @@ def test_fiddler_deferral_points_are_not_run(tmp_path, model_cache):
     assert df.loc[4, "status"] == "not_run" and "deferral" in df.loc[4, "error"]
 
 
+def test_scoring_rules_come_from_the_config(tmp_path, model_cache):
+    point = Point("accuracy", "accuracy", "fp32", immediate_experts=8, task="gsm8k")
+    cfg = compose_config(overrides(tmp_path, model_cache))
+    assert cfg.experiment.scoring_rules == "paper"
+    assert accuracy.settings_for(point, cfg).rules == "paper"
+    cfg = compose_config(overrides(tmp_path, model_cache, "experiment.scoring_rules=strict"))
+    assert accuracy.settings_for(point, cfg).rules == "strict"
+    cfg = compose_config(overrides(tmp_path, model_cache, "experiment.scoring_rules=lenient"))
+    with pytest.raises(HmoeError, match="unknown scoring rules 'lenient'"):
+        accuracy.plan(cfg)
+
+
 def test_missing_data_is_not_run_before_any_model_work(tmp_path, model_cache):
     empty = tmp_path / "empty-data"
     empty.mkdir()
+    fresh_cache = tmp_path / "fresh-cache"  # a synthetic model would be written here
     cfg = compose_config(
         [
             *overrides(tmp_path, model_cache, "experiment.tasks=[gsm8k]"),
             f"data.dir={empty}",
-            "model=qw2",
-            f"model.path={tmp_path / 'no-checkpoint'}",  # loading it would fail the points
+            f"paths.cache_dir={fresh_cache}",
         ]
     )
     summary = JobRunner(cfg).run()
     assert summary.not_run == summary.planned > 0 and summary.failed == 0
+    assert not fresh_cache.exists() or not any(fresh_cache.iterdir())  # no model made
     df = pd.read_csv(tmp_path / "acc" / "results.csv")
     assert (df["status"] == "not_run").all()
     assert df["error"].str.contains("gsm8k").all() and not df["error"].str.contains("\n").any()
+    assert df["error"].str.contains(str(empty / "gsm8k")).all()  # where it looked
 
 
 def test_missing_lm_eval_says_how_to_install(monkeypatch, tmp_path, model_cache):

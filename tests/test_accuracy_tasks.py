@@ -1,5 +1,6 @@
 """Accuracy tasks: the paper artifact's prompts byte for byte, MMLU's format, answer
-extraction, code scoring on self-written problems, data resolution."""
+extraction and code scoring under the ``strict`` rules (the ``paper`` rules have their own
+tests in test_scoring_paper_rules.py), data resolution and missing-data messages."""
 
 from __future__ import annotations
 
@@ -139,10 +140,10 @@ def test_gsm8k_answer_extraction(completion, expected):
 def test_gsm8k_scoring_compares_values():
     task = get_task("gsm8k")
     doc = {"question": "q", "answer": "... #### 1,000", "label": "1,000"}
-    assert task.score(doc, "So 1000 in all. The answer is 1000.") == 1.0
-    assert task.score(doc, "The answer is $1,000.00.") == 1.0
-    assert task.score(doc, "The answer is 100. The answer is 1000.") == 0.0
-    assert task.score(doc, "1000") == 0.0  # no "The answer is": wrong
+    assert task.score(doc, "So 1000 in all. The answer is 1000.", "strict") == 1.0
+    assert task.score(doc, "The answer is $1,000.00.", "strict") == 1.0
+    assert task.score(doc, "The answer is 100. The answer is 1000.", "strict") == 0.0
+    assert task.score(doc, "1000", "strict") == 0.0  # no "The answer is": wrong
     assert ax.gsm8k_gold({"answer": "Work.\n#### -12"}) == Decimal(-12)
 
 
@@ -164,10 +165,15 @@ def test_strategy_qa_answer_extraction(completion, expected):
 
 def test_strategy_qa_scoring():
     task = get_task("strategy_qa")
-    assert task.score({"label": "yes"}, "So the answer is yes.") == 1.0
-    assert task.score({"label": "yes"}, "So the answer is no.") == 0.0
-    assert task.score({"answer": False}, "So the answer is no.") == 1.0
-    assert task.score({"label": "no"}, "I cannot tell.") == 0.0
+    assert task.score({"label": "yes"}, "So the answer is yes.", "strict") == 1.0
+    assert task.score({"label": "yes"}, "So the answer is no.", "strict") == 0.0
+    assert task.score({"answer": False}, "So the answer is no.", "strict") == 1.0
+    assert task.score({"label": "no"}, "I cannot tell.", "strict") == 0.0
+
+
+def test_unknown_rules_are_refused():
+    with pytest.raises(HmoeError, match="choose one of: paper, strict"):
+        get_task("strategy_qa").score({"label": "yes"}, "yes", "lenient")
 
 
 # --- code scoring on self-written problems -------------------------------------------
@@ -210,7 +216,7 @@ HUMAN_EVAL_DOC = {
     ],
 )
 def test_mbpp_scoring(completion, expected):
-    assert get_task("mbpp").score(MBPP_DOC, completion) == expected
+    assert get_task("mbpp").score(MBPP_DOC, completion, "strict") == expected
 
 
 def test_mbpp_code_extraction():
@@ -227,23 +233,28 @@ def test_mbpp_code_extraction():
         ("    while True:\n        pass\n", None),
     ],
 )
-def test_human_eval_scoring(completion, expected, monkeypatch):
+def test_human_eval_scoring(completion, expected):
     task = get_task("human_eval")
-    if expected is None:  # an infinite loop: bounded by the task's timeout, scores 0
-        monkeypatch.setattr(task, "timeout_s", 2.0)
-        expected = 0.0
-    assert task.score(HUMAN_EVAL_DOC, completion) == expected
+    if expected is None:  # an infinite loop: bounded by the paper rules' 3 s, scores 0
+        assert task.score(HUMAN_EVAL_DOC, completion, "paper") == 0.0
+        return
+    assert task.score(HUMAN_EVAL_DOC, completion, "strict") == expected
 
 
 @needs_data
 def test_canonical_solutions_pass_and_empty_ones_fail():
     mbpp, human_eval = get_task("mbpp"), get_task("human_eval")
     for doc in mbpp.load_docs(DATA, limit=3):
-        assert mbpp.score(doc, doc["code"] + "\n[DONE]") == 1.0
-        assert mbpp.score(doc, "[DONE]") == 0.0
+        assert mbpp.score(doc, doc["code"] + "\n[DONE]", "strict") == 1.0
+        assert mbpp.score(doc, "[DONE]", "strict") == 0.0
     for doc in human_eval.load_docs(DATA, limit=3):
-        assert human_eval.score(doc, doc["canonical_solution"]) == 1.0
-        assert human_eval.score(doc, "    pass\n") == 0.0
+        for rules in ("paper", "strict"):
+            assert human_eval.score(doc, doc["canonical_solution"], rules) == 1.0
+            assert human_eval.score(doc, "    pass\n", rules) == 0.0
+    # Under the paper rules MBPP keeps only the first function: the reference solution of
+    # problem 2 (task 13) needs its "from collections import Counter" and fails.
+    docs = mbpp.load_problems(DATA, limit=3)
+    assert [mbpp.score(d, d["code"] + "\n[DONE]", "paper") for d in docs] == [1.0, 1.0, 0.0]
 
 
 # --- tasks and data resolution -------------------------------------------------------
@@ -275,11 +286,37 @@ def test_resolve_data_dir(tmp_path, monkeypatch):
 def test_missing_data_fails_fast_with_one_line(tmp_path, monkeypatch):
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HTTPS_PROXY", "https_proxy"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.delenv("HMOE_DATA_DIR", raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
     with pytest.raises(DataUnavailable) as info:
         get_task("human_eval").load_docs(tmp_path)
-    assert "human_eval" in str(info.value) and "\n" not in str(info.value)
-    with pytest.raises(DataUnavailable, match="shots.md"):
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"{tmp_path / 'human_eval' / 'test.jsonl'} does not exist" in message
+    assert "Hugging Face Hub (openai/openai_humaneval, test split) failed" in message
+    with pytest.raises(DataUnavailable, match="directory is set to hold mbpp") as info:
+        get_task("mbpp").load_problems(None)
+    assert "HMOE_DATA_DIR" in str(info.value)
+    with pytest.raises(DataUnavailable, match=f"{tmp_path / 'gsm8k' / 'shots.md'} does not"):
         get_task("gsm8k").load_docs(tmp_path)
     with pytest.raises(DataUnavailable, match="shots.md"):
         get_task("strategy_qa").load_docs(None)
+
+
+@needs_data
+def test_scoring_needs_only_the_problems(tmp_path):
+    """load_problems (what scoring uses) reads <task>/test.jsonl and nothing else."""
+    for name in ("mbpp", "human_eval", "gsm8k", "strategy_qa"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "test.jsonl").symlink_to(DATA / name / "test.jsonl")
+        docs = get_task(name).load_problems(tmp_path, limit=2)
+        assert [d["idx"] for d in docs] == [0, 1] and "fewshot" not in docs[0]
+    with pytest.raises(DataUnavailable, match="shots.md"):
+        get_task("gsm8k").load_docs(tmp_path)
+
+
+def test_unreadable_data_file_is_one_line(tmp_path):
+    (tmp_path / "gsm8k").mkdir()
+    (tmp_path / "gsm8k" / "test.jsonl").write_bytes(b'{"question": "\xff"}\n')
+    with pytest.raises(HmoeError, match="not UTF-8"):
+        get_task("gsm8k").load_problems(tmp_path)

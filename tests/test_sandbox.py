@@ -46,6 +46,15 @@ def test_correct_program_passes_and_wrong_one_fails():
     assert broken.status == "failed" and "SyntaxError" in broken.stderr_tail
 
 
+def test_module_name_is_the_programs_dunder_name():
+    """__name__ is "__main__" by default; the paper rules use "builtins" (as exec({}))."""
+    source = "print(__name__)\nclass C:\n    pass\nprint(C.__module__)\n"
+    assert run_program(source).stdout_tail == "__main__\n__main__\n"
+    assert run_program(source, module_name="builtins").stdout_tail == "builtins\nbuiltins\n"
+    with pytest.raises(ValueError, match="identifier"):
+        run_program("pass\n", module_name="x; import os")
+
+
 def test_environment_is_a_fresh_private_directory_with_closed_stdin():
     source = (
         "import os, sys\n"

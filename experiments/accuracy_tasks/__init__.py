@@ -2,6 +2,8 @@
 
 ``TASKS`` maps each name to its Task (see ``protocol``); ``get_task(name)`` looks one up.
 Docs come from a local directory of the shared layout or the Hugging Face Hub (``data``).
+Completions are scored under one of two named rule sets (``rules``): ``paper`` (the
+artifact's scorer, the default) or ``strict``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from experiments.accuracy_tasks.human_eval import HumanEval
 from experiments.accuracy_tasks.mbpp import Mbpp
 from experiments.accuracy_tasks.mmlu import Mmlu, mmlu_accuracy
 from experiments.accuracy_tasks.protocol import MultipleChoiceTask, Task
+from experiments.accuracy_tasks.rules import DEFAULT_RULES, RULES, check_rules
 from experiments.accuracy_tasks.strategy_qa import StrategyQa
 from experiments.errors import HmoeError
 
@@ -29,10 +32,13 @@ def get_task(name: str) -> Task:
 
 
 __all__ = [
+    "DEFAULT_RULES",
+    "RULES",
     "TASKS",
     "DataUnavailable",
     "MultipleChoiceTask",
     "Task",
+    "check_rules",
     "get_task",
     "mmlu_accuracy",
     "resolve_data_dir",

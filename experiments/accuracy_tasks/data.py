@@ -1,15 +1,18 @@
 """Where accuracy data comes from: a local directory of the shared layout, else the HF Hub.
 
-Local layout (``data.dir`` / ``HMOE_DATA_DIR``, e.g. ../shared/datasets)::
+Local layout (``data.dir`` / ``--data-dir`` / ``HMOE_DATA_DIR``, e.g. ../shared/datasets)::
 
     <task>/test.jsonl     problems, tests and answers, in test order
     <task>/input.jsonl    the paper artifact's exact prompts (used only by the tests)
-    <task>/shots.md       few-shot exemplars of the artifact's prompts (mbpp, gsm8k, strategy_qa)
+    <task>/shots.md       few-shot exemplars of the artifact's prompts (mbpp, gsm8k, strategy_qa);
+                          needed to generate, never to score
     mmlu/{test,dev}/<subject>_{test,dev}.csv   headerless MMLU CSVs (6 fields)
 
 Without a local file the loaders fall back to the Hugging Face Hub through ``datasets``
 (optional dependency); if that is not installed or cannot load (no network, no cache),
-``DataUnavailable`` says so in one line. The datasets are never copied into the project.
+``DataUnavailable`` says in one line what is missing and where it looked (the local path
+or that no directory is set, and the Hub dataset). The datasets are never copied into the
+project.
 """
 
 from __future__ import annotations
@@ -51,16 +54,39 @@ def local_file(data_dir: Path | None, *parts: str) -> Path | None:
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Rows of a JSON-lines file (blank lines skipped)."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise HmoeError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise HmoeError(f"cannot read {path}: {exc.strerror or exc}") from None
     rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise HmoeError(f"{path} line {number}: not valid JSON ({exc.msg})") from None
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise HmoeError(f"{path} line {number}: not valid JSON ({exc.msg})") from None
     return rows
+
+
+def where_local(data_dir: Path | None, *parts: str) -> str:
+    """Where a local file was looked for, for a missing-data message."""
+    if data_dir is None:
+        wanted = "/".join(parts)
+        return f"no local data directory is set to hold {wanted} (data.dir, --data-dir, {ENV_VAR})"
+    return f"{data_dir.joinpath(*parts)} does not exist"
+
+
+def problem_rows(
+    task: str, data_dir: Path | None, dataset: str, config: str | None
+) -> list[dict[str, Any]]:
+    """A task's ``<task>/test.jsonl`` rows, else its Hub test split (DataUnavailable)."""
+    local = local_file(data_dir, task, "test.jsonl")
+    if local is not None:
+        return read_jsonl(local)
+    return hub_rows(task, dataset, config, "test", looked=where_local(data_dir, task, "test.jsonl"))
 
 
 def read_shots(data_dir: Path | None, task: str) -> str | None:
@@ -92,8 +118,13 @@ def hub_unreachable() -> str | None:
     return None
 
 
-def hub_rows(task: str, dataset: str, config: str | None, split: str) -> list[dict[str, Any]]:
-    """One split of a Hub dataset as a list of dicts, or DataUnavailable (fails fast offline)."""
+def hub_rows(
+    task: str, dataset: str, config: str | None, split: str, looked: str = ""
+) -> list[dict[str, Any]]:
+    """One split of a Hub dataset as a list of dicts, or DataUnavailable (fails fast offline).
+
+    ``looked`` says where the local copy was looked for (for the message).
+    """
     try:
         reason = hub_unreachable()
         if reason is not None:
@@ -104,10 +135,10 @@ def hub_rows(task: str, dataset: str, config: str | None, split: str) -> list[di
         return [dict(row) for row in rows]
     except Exception as exc:  # anything: missing package, no network, no cache, bad id
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        local = looked or f"no local {task}/ data (set data.dir, --data-dir or {ENV_VAR})"
         raise DataUnavailable(
-            f"{task}: no local data (set data.dir or {ENV_VAR} to a directory holding "
-            f"{task}/) and the Hugging Face Hub ({dataset}) failed: "
-            f"{type(exc).__name__}: {first}"[:400]
+            f"{task}: {split} data not found: {local}; the Hugging Face Hub ({dataset}, "
+            f"{split} split) failed: {type(exc).__name__}: {first}"[:500]
         ) from None
 
 

@@ -1,8 +1,9 @@
 """HumanEval: 164 problems; the prompt is the problem's own prompt (signature + docstring).
 
-A completion passes when prompt + completion + the problem's test + ``check(entry_point)``
-runs to the end in the sandbox. Completions are scored as saved (generation applies the
-stop strings); nothing is cut here.
+Scoring runs a program in the sandbox; the completion passes when it runs to its end.
+``paper`` rules: the artifact's program (its cuts, the body re-indented by 4 spaces, 3 s;
+see ``paper_code``). ``strict``: prompt + completion as saved + the problem's test +
+``check(entry_point)``, 10 s (generation applies the stop strings; nothing is cut).
 """
 
 from __future__ import annotations
@@ -10,14 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from experiments.accuracy_tasks import data
+from experiments.accuracy_tasks import data, paper_code
+from experiments.accuracy_tasks.rules import DEFAULT_RULES, PAPER, program_timeout
 from experiments.sandbox import run_program
 
 HUB_DATASET = "openai/openai_humaneval"
 
 
 def program(doc: dict[str, Any], completion: str) -> str:
-    """The program the sandbox runs."""
+    """The program the sandbox runs under ``strict`` rules."""
     return f"{doc['prompt']}{completion}\n\n{doc['test']}\n\ncheck({doc['entry_point']})\n"
 
 
@@ -28,18 +30,24 @@ class HumanEval:
     kind = "generate"
     stop: tuple[str, ...] = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
     max_new_tokens = 512
-    timeout_s = 10.0
+
+    def load_problems(
+        self, data_dir: Path | None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        rows = data.problem_rows("human_eval", data_dir, HUB_DATASET, None)
+        return data.number_docs(rows, limit)
 
     def load_docs(self, data_dir: Path | None, limit: int | None = None) -> list[dict[str, Any]]:
-        local = data.local_file(data_dir, "human_eval", "test.jsonl")
-        if local is not None:
-            docs = data.read_jsonl(local)
-        else:
-            docs = data.hub_rows("human_eval", HUB_DATASET, None, "test")
-        return data.number_docs(docs, limit)
+        return self.load_problems(data_dir, limit)
 
     def prompt(self, doc: dict[str, Any]) -> str:
         return doc["prompt"]
 
-    def score(self, doc: dict[str, Any], completion: str) -> float:
-        return 1.0 if run_program(program(doc, completion), self.timeout_s).passed else 0.0
+    def score(self, doc: dict[str, Any], completion: str, rules: str = DEFAULT_RULES) -> float:
+        timeout = program_timeout(rules)
+        if rules == PAPER:
+            source = paper_code.human_eval_program(doc, completion)
+            result = run_program(source, timeout, module_name=paper_code.MODULE_NAME)
+        else:
+            result = run_program(program(doc, completion), timeout)
+        return 1.0 if result.passed else 0.0

@@ -1,9 +1,12 @@
 """MBPP: 500 test problems (task ids 11-510), the artifact's 3-shot [BEGIN]/[DONE] prompt.
 
 Prompt = the 3 exemplars (``mbpp/shots.md``; from the Hub: the prompt split's task ids 2, 3, 4)
-+ "\\n\\n" + the problem in the same template, ending in "[BEGIN]\\n". A completion is the text
-before "[DONE]"; it passes when it + the problem's test_setup_code + its 3 asserts run to the
-end in the sandbox.
++ "\\n\\n" + the problem in the same template, ending in "[BEGIN]\\n".
+
+Scoring runs a program in the sandbox; the completion passes when it runs to its end.
+``paper`` rules: the artifact's post-processing (the first function only, see
+``paper_code``) + the 3 asserts, 3 s. ``strict``: the code before "[DONE]" (without a
+leading "[BEGIN]" or code fence) + the problem's test_setup_code + its 3 asserts, 10 s.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from experiments.accuracy_tasks import data
+from experiments.accuracy_tasks import data, paper_code
+from experiments.accuracy_tasks.rules import DEFAULT_RULES, PAPER, program_timeout
 from experiments.sandbox import run_program
 
 HUB_DATASET = "google-research-datasets/mbpp"
@@ -64,7 +68,7 @@ def extract_code(completion: str) -> str:
 
 
 def program(doc: dict[str, Any], completion: str) -> str:
-    """The program the sandbox runs: code, setup code, then the 3 asserts."""
+    """The program the sandbox runs under ``strict`` rules: code, setup code, the asserts."""
     parts = [extract_code(completion), doc.get("test_setup_code") or "", *doc["test_list"]]
     return "\n".join(parts) + "\n"
 
@@ -86,19 +90,25 @@ class Mbpp:
     kind = "generate"
     stop: tuple[str, ...] = ("[DONE]",)
     max_new_tokens = 512
-    timeout_s = 10.0
 
-    def load_docs(self, data_dir: Path | None, limit: int | None = None) -> list[dict[str, Any]]:
+    def load_problems(
+        self, data_dir: Path | None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
         local = data.local_file(data_dir, "mbpp", "test.jsonl")
         if local is not None:
-            docs = data.read_jsonl(local)
+            rows = data.read_jsonl(local)
         else:
-            docs = data.hub_rows("mbpp", HUB_DATASET, "full", "test")
-            docs.sort(key=lambda row: row["task_id"])
+            looked = data.where_local(data_dir, "mbpp", "test.jsonl")
+            rows = data.hub_rows("mbpp", HUB_DATASET, "full", "test", looked)
+            rows.sort(key=lambda row: row["task_id"])
+        return data.number_docs(rows, limit)
+
+    def load_docs(self, data_dir: Path | None, limit: int | None = None) -> list[dict[str, Any]]:
+        docs = self.load_problems(data_dir, limit)
         shots = data.read_shots(data_dir, "mbpp")
         if shots is None:
             shots = _hub_shots()
-        return [{**doc, "fewshot": shots} for doc in data.number_docs(docs, limit)]
+        return [{**doc, "fewshot": shots} for doc in docs]
 
     def prompt(self, doc: dict[str, Any]) -> str:
         tests = list(doc["test_list"])
@@ -106,5 +116,11 @@ class Mbpp:
         tests[: len(shown)] = shown
         return doc["fewshot"] + "\n\n" + problem_text(doc["text"], tests)
 
-    def score(self, doc: dict[str, Any], completion: str) -> float:
-        return 1.0 if run_program(program(doc, completion), self.timeout_s).passed else 0.0
+    def score(self, doc: dict[str, Any], completion: str, rules: str = DEFAULT_RULES) -> float:
+        timeout = program_timeout(rules)
+        if rules == PAPER:
+            source = paper_code.mbpp_program(doc, completion)
+            result = run_program(source, timeout, module_name=paper_code.MODULE_NAME)
+        else:
+            result = run_program(program(doc, completion), timeout)
+        return 1.0 if result.passed else 0.0

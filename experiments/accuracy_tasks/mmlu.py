@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.accuracy_tasks import data
+from experiments.accuracy_tasks.rules import DEFAULT_RULES, check_rules
 from experiments.errors import HmoeError
 
 HUB_DATASET = "cais/mmlu"
@@ -122,6 +123,11 @@ class Mmlu:
     stop: tuple[str, ...] = ()
     max_new_tokens = 1
 
+    def load_problems(
+        self, data_dir: Path | None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        return self.load_docs(data_dir, limit)
+
     def load_docs(self, data_dir: Path | None, limit: int | None = None) -> list[dict[str, Any]]:
         tests, dev = _local(data_dir) or _hub()
         blocks = {subject: fewshot_block(subject, rows[:N_SHOTS]) for subject, rows in dev.items()}
@@ -140,7 +146,9 @@ class Mmlu:
     def gold(self, doc: dict[str, Any]) -> int:
         return int(doc["answer"])
 
-    def score(self, doc: dict[str, Any], completion: str) -> float:
-        """A generated or chosen answer (" B", "B.", "B. text") against the gold letter."""
+    def score(self, doc: dict[str, Any], completion: str, rules: str = DEFAULT_RULES) -> float:
+        """A generated or chosen answer (" B", "B.", "B. text") against the gold letter
+        (the same under both rule sets)."""
+        check_rules(rules)
         answer = completion.strip()[:1].upper()
         return 1.0 if answer == LETTERS[self.gold(doc)] else 0.0

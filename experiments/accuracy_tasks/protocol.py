@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
+from experiments.accuracy_tasks.rules import DEFAULT_RULES
+
 
 class Task(Protocol):
     """One benchmark: its docs, the paper's prompt for each, and how a completion scores.
@@ -19,16 +21,22 @@ class Task(Protocol):
     stop: tuple[str, ...]
     max_new_tokens: int
 
+    def load_problems(
+        self, data_dir: Path | None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Problems in test order (0-based position as ``idx``): enough to score, not to prompt."""
+        ...
+
     def load_docs(self, data_dir: Path | None, limit: int | None = None) -> list[dict[str, Any]]:
-        """Docs in test order, each with its 0-based position as ``idx``."""
+        """Docs in test order, each with its 0-based position as ``idx``, ready to prompt."""
         ...
 
     def prompt(self, doc: dict[str, Any]) -> str:
         """The exact prompt text (the paper artifact's, byte for byte)."""
         ...
 
-    def score(self, doc: dict[str, Any], completion: str) -> float:
-        """1.0 if the completion is right, else 0.0."""
+    def score(self, doc: dict[str, Any], completion: str, rules: str = DEFAULT_RULES) -> float:
+        """1.0 if the completion is right under the named rules ("paper" | "strict"), else 0.0."""
         ...
 
 
