@@ -1,8 +1,9 @@
 """Figure 13's ablation variants: their paper order and each setting's per-variant values.
 
 A *setting* is one model x precision x workload that the breakdown ran its variants on.
-For each setting this gives the mean tokens/s of every variant with ok trials, and for the
-others whether they were not run or failed, and why.
+For each setting this gives the mean tokens/s of every variant with ok trials (with the
+spread of its trials: sd, CV, n), and for the others whether they were not run or failed,
+and why.
 """
 
 from __future__ import annotations
@@ -11,11 +12,10 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from plots.points import point_means, unmeasured_points
+from experiments.variants import STAGE_SEQUENCES
+from plots.point_means import point_means, unmeasured_points
 
-PREFILL_VARIANTS = ("base", "+v", "+m", "+m+d", "+m+d+n", "+m+d+n+c")
-DECODE_VARIANTS = ("base", "+v", "+m", "+v+d", "+v+d+n", "+v+d+n+c")
-STAGE_VARIANTS = {"prefill": PREFILL_VARIANTS, "decode": DECODE_VARIANTS}
+STAGE_VARIANTS = STAGE_SEQUENCES
 SETTING_KEYS = [
     "model",
     "paper_model",
@@ -31,12 +31,16 @@ ABSENT_REASON = "not in this run"
 
 @dataclass
 class BreakdownSetting:
-    """One setting's variants: ``values`` (mean tokens/s) and ``missing`` (status, reason)."""
+    """One setting's variants: ``values`` (mean tokens/s), their ``sd``, ``cv`` and
+    ``trials`` (NaN / absent for the paper's numbers), and ``missing`` (status, reason)."""
 
     stage: str
     key: dict[str, object]
     values: dict[str, float] = field(default_factory=dict)
     missing: dict[str, tuple[str, str]] = field(default_factory=dict)
+    sd: dict[str, float] = field(default_factory=dict)
+    cv: dict[str, float] = field(default_factory=dict)
+    trials: dict[str, int] = field(default_factory=dict)
 
     @property
     def model(self) -> str:
@@ -82,7 +86,12 @@ def breakdown_settings(rows: pd.DataFrame, stage: str) -> list[BreakdownSetting]
 
     means = point_means(rows)
     for _, row in means.sort_values(["paper_model", "model"]).iterrows():
-        setting_for(row).values[row["variant"]] = float(row["tokens_per_s"])
+        setting = setting_for(row)
+        variant = row["variant"]
+        setting.values[variant] = float(row["tokens_per_s"])
+        setting.sd[variant] = float(row.get("sd", float("nan")))
+        setting.cv[variant] = float(row.get("cv", float("nan")))
+        setting.trials[variant] = int(row.get("trials", 1))
     for _, row in unmeasured_points(rows).iterrows():
         status = "failed" if row["status"] == "failed" else "not run"
         setting_for(row).missing[row["variant"]] = (status, row["error"])

@@ -1,18 +1,23 @@
 """Measured-vs-paper Markdown tables for prefill, decode and the breakdown (report body).
 
 Each table has one row per point this run defined (measured, not run or failed) with the
-paper's number for the same model, system, precision and workload beside it. Paper-only
-points are left out here; they are in the figures and in reference_results/.
+paper's number for the same model, system, precision and workload beside it. A measured
+value is shown as mean ± sd (n trials, CV), and a CV above the threshold is flagged
+(:data:`NOISY_FLAG`). Paper-only points are left out here; they are in the figures and in
+reference_results/.
 """
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 
-from plots.breakdown import STAGE_VARIANTS, breakdown_settings
+from experiments.markdown import DASH, md_table, number
+from experiments.statistics import DEFAULT_CV_THRESHOLD, is_noisy
+from plots.breakdown_settings import STAGE_VARIANTS, breakdown_settings
 from plots.describe import experts_label, run_model_label
-from plots.markdown import DASH, md_table, number
-from plots.points import is_slice, point_means, unmeasured_points
+from plots.point_means import is_slice, point_means, unmeasured_points
 from plots.references import reference_points
 from plots.style import system_name
 
@@ -31,10 +36,23 @@ def _paper_value(paper: pd.DataFrame, point: pd.Series, columns: list[str]) -> f
     return None if same.empty else float(same["tokens_per_s"].iloc[0])
 
 
+NOISY_FLAG = f"⚠ CV > {DEFAULT_CV_THRESHOLD:.0%}"
+
+
+def spread_text(mean: float, sd: float, trials: int, cv: float) -> str:
+    """'12.34 ± 0.56 (n=3, CV 4.5%)', flagged when the CV is above the threshold; a single
+    trial has no spread: '12.34 (n=1, no sd)'."""
+    if math.isnan(sd):
+        return f"{mean:.2f} (n={trials}, no sd)"
+    cv_text = DASH if math.isnan(cv) else f"{cv:.1%}"
+    flag = f" {NOISY_FLAG}" if is_noisy(cv) else ""
+    return f"{mean:.2f} ± {sd:.2f} (n={trials}, CV {cv_text}){flag}"
+
+
 def _measured_text(point: pd.Series) -> str:
     if point["status"] != "ok":
         return f"{point['status'].replace('_', ' ')}: {point['error']}"
-    return f"{point['tokens_per_s']:.2f} ({int(point['trials'])} trial(s))"
+    return spread_text(point["tokens_per_s"], point["sd"], int(point["trials"]), point["cv"])
 
 
 def _model_text(point: pd.Series) -> str:
@@ -73,7 +91,7 @@ def prefill_table(results: pd.DataFrame, references: pd.DataFrame) -> str:
         "system",
         "precision",
         "prompt tokens",
-        "measured tokens/s",
+        "measured tokens/s, mean ± sd (n, CV)",
         "projected full model tokens/s",
         "paper tokens/s",
     ]
@@ -106,7 +124,7 @@ def decode_table(results: pd.DataFrame, references: pd.DataFrame) -> str:
         "system",
         "precision",
         "experts (N+D)",
-        "measured tokens/s",
+        "measured tokens/s, mean ± sd (n, CV)",
         "paper tokens/s",
     ]
     return md_table(headers, rows)
@@ -132,7 +150,12 @@ def breakdown_table(results: pd.DataFrame, references: pd.DataFrame) -> str:
                     status, reason = setting.missing[variant]
                     measured, ratio = f"{status}: {reason}", DASH
                 else:
-                    measured = number(value)
+                    measured = spread_text(
+                        value,
+                        setting.sd.get(variant, math.nan),
+                        setting.trials.get(variant, 1),
+                        setting.cv.get(variant, math.nan),
+                    )
                     ratio = f"{value / base:.2f}x" if base else DASH
                 ref_value = ref.values.get(variant) if ref else None
                 ref_ratio = (
@@ -157,7 +180,7 @@ def breakdown_table(results: pd.DataFrame, references: pd.DataFrame) -> str:
         "run model",
         "precision",
         "variant",
-        "measured tokens/s",
+        "measured tokens/s, mean ± sd (n, CV)",
         "measured / base",
         "paper tokens/s",
         "paper / base",

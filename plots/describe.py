@@ -10,7 +10,8 @@ from typing import Any
 
 import pandas as pd
 
-from plots.points import is_slice
+from experiments.schema import PAPER_MODELS
+from plots.point_means import REAL, SLICE, TINY, is_slice, model_kinds
 
 
 def _yes(flag: Any) -> str:
@@ -90,6 +91,43 @@ def run_model_label(model: str, synthetic: bool, layers_run: float, layers_total
     if is_slice(layers_run, layers_total):
         notes.append(f"{int(layers_run)}/{int(layers_total)} layers")
     return f"{model} ({', '.join(notes)})" if notes else model
+
+
+def run_model_title(
+    model: str, paper_model: str, kind: str, layers_run: float, layers_total: float
+) -> str:
+    """What was actually run for a paper model, for figure titles.
+
+    E.g. 'tiny synthetic stand-in for Qwen2-57B-A14B (tiny_qwen2_moe)', 'synthetic slice of
+    Qwen2-57B-A14B: 4 of 28 layers (qw2)', 'Qwen2-57B-A14B checkpoint (qw2)'.
+    """
+    name = PAPER_MODELS.get(paper_model, paper_model)
+    layers = (
+        f": {int(layers_run)} of {int(layers_total)} layers"
+        if is_slice(layers_run, layers_total)
+        else ""
+    )
+    if kind == TINY:
+        return f"tiny synthetic stand-in for {name} ({model})"
+    if kind == SLICE:
+        return f"synthetic slice of {name}{layers} ({model})"
+    if kind == REAL:
+        return f"{name} checkpoint{layers} ({model})"
+    return f"synthetic model for {name} ({model}, size not recorded)"
+
+
+def run_model_titles(results: pd.DataFrame, paper_model: str) -> list[str]:
+    """:func:`run_model_title` of every model in ``results`` standing for ``paper_model``."""
+    kinds = model_kinds(results)
+    rows = results[results["paper_model"] == paper_model]
+    # Rows that never loaded the model lack layer counts: prefer the others.
+    rows = rows.sort_values("layers_run", na_position="last").drop_duplicates("model")
+    return [
+        run_model_title(
+            r["model"], paper_model, kinds[r["model"]], r["layers_run"], r["layers_total"]
+        )
+        for _, r in rows.sort_values("model").iterrows()
+    ]
 
 
 def experts_label(immediate: float, deferred: float) -> str:

@@ -1,8 +1,10 @@
-"""Figure 11: prefill throughput vs prompt length, this run's measurements beside the paper's.
+"""Figure 11: prefill throughput vs prompt length, this run's measurements and the paper's.
 
-One panel per paper model; solid lines are measured (mean of ok trials), dashed lines the
-paper's, dotted lines project a layer slice to the full model; the engine's best measured
-speedup over each baseline is written under the panel title.
+Columns are paper models. The top row holds this run's lines (mean of ok trials, +-1 sd
+error bars, noisy points ringed; dotted lines project a layer slice to the full model), the
+bottom row the paper's: separate axes, since the measured model is usually not the paper's
+(a tiny synthetic stand-in or a slice of a few layers, named in the title). The engine's
+speedup over each baseline is given as its min–max over the prompt lengths.
 """
 
 from __future__ import annotations
@@ -15,20 +17,22 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullLocator
 
-from plots.describe import run_model_label, short_hardware
+from plots.describe import run_model_label, run_model_titles, short_hardware
 from plots.figure_io import save_figure
-from plots.points import is_slice, point_means, unmeasured_points
-from plots.speedups import best_speedup_lines, prefill_speedups
+from plots.point_means import is_slice, point_means, unmeasured_points
+from plots.speedups import prefill_speedups, speedup_range_lines
 from plots.style import (
+    ERROR_CAPSIZE,
     FONT_SIZE,
     LEGEND_FONT_SIZE,
     MEASURED_STYLE,
+    NOISY_LABEL,
     PAPER_STYLE,
     PROJECTION_STYLE,
     legend_rows_height,
     mark_empty,
+    mark_noisy,
     model_title,
-    move_legend,
     new_figure,
     panel_grid,
     panel_models,
@@ -44,6 +48,7 @@ SERIES_KEYS = ["model", "synthetic", "layers_run", "layers_total", "system", "pr
 def _plot_measured(ax: Axes, measured: pd.DataFrame) -> None:
     # Several run models in one panel (e.g. tiny and slice): hollow markers tell them apart.
     fills = {m: ("full", "none")[i % 2] for i, m in enumerate(sorted(measured["model"].unique()))}
+    noisy = measured[measured["noisy"].astype(bool)]
     for key, series in measured.groupby(SERIES_KEYS, dropna=False, sort=True):
         model, synthetic, layers_run, layers_total, system, precision = key
         series = series.sort_values("prompt_tokens")
@@ -56,13 +61,16 @@ def _plot_measured(ax: Axes, measured: pd.DataFrame) -> None:
             "marker": precision_marker(precision),
             "fillstyle": fills[model],
         }
-        ax.plot(
+        ax.errorbar(
             series["prompt_tokens"],
             series["tokens_per_s"],
-            MEASURED_STYLE,
+            yerr=series["sd"].fillna(0.0),
+            fmt=MEASURED_STYLE,
             label=label,
             markersize=4,
             linewidth=1.5,
+            elinewidth=0.8,
+            capsize=ERROR_CAPSIZE,
             **style,
         )
         if is_slice(layers_run, layers_total):
@@ -78,6 +86,7 @@ def _plot_measured(ax: Axes, measured: pd.DataFrame) -> None:
                 alpha=0.9,
                 **style,
             )
+    mark_noisy(ax, noisy["prompt_tokens"].tolist(), noisy["tokens_per_s"].tolist())
 
 
 def _plot_paper(ax: Axes, paper: pd.DataFrame) -> None:
@@ -91,46 +100,73 @@ def _plot_paper(ax: Axes, paper: pd.DataFrame) -> None:
             marker=precision_marker(precision),
             markersize=3,
             linewidth=1.0,
-            alpha=0.6,
+            alpha=0.8,
             label=f"paper: {system_name(system)} {precision}",
         )
 
 
-def _panel(
-    ax: Axes, paper_model: str, points: pd.DataFrame, paper: pd.DataFrame, unmeasured: pd.DataFrame
-) -> None:
-    measured = points[points["paper_model"] == paper_model]
-    paper = paper[paper["paper_model"] == paper_model]
-    skipped = unmeasured[unmeasured["paper_model"] == paper_model]
-    title = [model_title(paper_model)]
-    if measured.empty:
-        title.append("measured: no prefill points")
-    else:
-        many = measured["model"].nunique() > 1
-        lines = best_speedup_lines(prefill_speedups(measured), with_model=many)
-        title.append("measured engine speedup:")
-        title.extend(lines or ["n/a (needs engine and a baseline at matched points)"])
-    if not skipped.empty:
-        title.append(f"{len(skipped)} point(s) not run/failed (see report)")
-    ax.set_title("\n".join(title), fontsize=LEGEND_FONT_SIZE + 1)
-    if measured.empty and paper.empty:
-        mark_empty(ax, "no prefill data for this model\n(neither measured nor in the paper)")
-        return
-    _plot_measured(ax, measured)
-    _plot_paper(ax, paper)
+def _log_axes(ax: Axes, lengths: list[float], ylabel: str) -> None:
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    lengths = sorted(set(measured["prompt_tokens"].dropna()) | set(paper["prompt_tokens"].dropna()))
     ax.xaxis.set_major_locator(FixedLocator(lengths))
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xticklabels([str(int(v)) for v in lengths], rotation=45, fontsize=LEGEND_FONT_SIZE)
     ax.set_xlabel("prompt length (tokens)")
-    ax.set_ylabel("prefill throughput (tokens/s, log)")
+    ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)
 
 
+def _measured_title(
+    paper_model: str, rows: pd.DataFrame, measured: pd.DataFrame, skipped: pd.DataFrame
+) -> str:
+    title = ["measured:", *run_model_titles(rows, paper_model)]
+    if len(title) == 1:
+        title.append(f"nothing for {model_title(paper_model)}")
+    if not measured.empty:
+        many = measured["model"].nunique() > 1
+        lines = speedup_range_lines(prefill_speedups(measured), "prompt length(s)", many)
+        title.append("engine speedup, min–max over prompt lengths:")
+        title.extend(lines or ["n/a (needs engine and a baseline at matched points)"])
+    if not skipped.empty:
+        title.append(f"{len(skipped)} point(s) not run/failed (see report)")
+    return "\n".join(title)
+
+
+def _panels(
+    axes: tuple[Axes, Axes],
+    paper_model: str,
+    rows: pd.DataFrame,
+    points: pd.DataFrame,
+    paper: pd.DataFrame,
+    unmeasured: pd.DataFrame,
+) -> None:
+    """The measured panel (top) and the paper's panel (bottom) of one paper model."""
+    mine, theirs = axes
+    measured = points[points["paper_model"] == paper_model]
+    paper = paper[paper["paper_model"] == paper_model]
+    skipped = unmeasured[unmeasured["paper_model"] == paper_model]
+    lengths = sorted(set(measured["prompt_tokens"].dropna()) | set(paper["prompt_tokens"].dropna()))
+    mine.set_title(
+        _measured_title(paper_model, rows, measured, skipped), fontsize=LEGEND_FONT_SIZE + 1
+    )
+    if measured.empty:
+        mark_empty(mine, "no measured prefill points for this model")
+    else:
+        _plot_measured(mine, measured)
+        _log_axes(mine, lengths, "measured prefill (tokens/s, log)")
+    theirs.set_title(
+        f"paper: {model_title(paper_model)}, full model on the paper's testbed",
+        fontsize=LEGEND_FONT_SIZE + 1,
+    )
+    if paper.empty:
+        mark_empty(theirs, "no paper numbers for this model")
+    else:
+        _plot_paper(theirs, paper)
+        _log_axes(theirs, lengths, "paper prefill (tokens/s, log)")
+
+
 def _legend_entries(points: pd.DataFrame, paper: pd.DataFrame, models: list[str]) -> int:
-    """The largest number of legend entries any panel will have."""
+    """The largest number of legend entries any column will have."""
     most = 0
     for paper_model in models:
         measured = points[points["paper_model"] == paper_model]
@@ -139,39 +175,60 @@ def _legend_entries(points: pd.DataFrame, paper: pd.DataFrame, models: list[str]
             is_slice(r, t)
             for r, t in zip(series["layers_run"], series["layers_total"], strict=True)
         )
+        noisy = int(measured["noisy"].astype(bool).any())
         mine = paper[paper["paper_model"] == paper_model].drop_duplicates(["system", "precision"])
-        most = max(most, len(series) + slices + len(mine))
+        most = max(most, len(series) + slices + noisy + len(mine))
     return most
+
+
+def _column_legend(axes: tuple[Axes, Axes], target: Axes) -> None:
+    """Both panels' legend entries in the column's legend strip (the noisy ring once)."""
+    handles, labels = [], []
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
+    if NOISY_LABEL in labels:  # the ring explains the others' markers: list it last
+        index = labels.index(NOISY_LABEL)
+        handles.append(handles.pop(index))
+        labels.append(labels.pop(index))
+    if handles:
+        target.legend(handles, labels, loc="upper center", fontsize=LEGEND_FONT_SIZE, frameon=False)
 
 
 def render_figure11(
     results: pd.DataFrame, references: pd.DataFrame, provenance: dict[str, Any]
 ) -> Figure:
     """Build Figure 11 from result rows, reference rows and provenance (no file I/O)."""
+    rows = results[results["experiment"] == "prefill"]
     points = point_means(results, "prefill")
-    unmeasured = unmeasured_points(results[results["experiment"] == "prefill"])
+    unmeasured = unmeasured_points(rows)
     paper = references[references["experiment"] == "prefill"]
-    models = panel_models(
-        results.loc[results["experiment"] == "prefill", "paper_model"], paper["paper_model"]
-    )
+    models = panel_models(rows["paper_model"], paper["paper_model"])
     caption = (
-        "Solid: measured in this run (mean of ok trials; NOT RUN / failed points omitted). "
-        "Dashed: paper (KTransformers SOSP'25, Fig. 11, dual Xeon 8452Y + A100 / RTX 4080).\n"
+        "Top row: measured in this run (the model actually run is named in each title), mean "
+        "of ok trials with +-1 sd error bars (NOT RUN / failed points omitted);\n"
+        f"ringed: {NOISY_LABEL}. Bottom row: paper (KTransformers SOSP'25, Fig. 11, dual "
+        "Xeon 8452Y + A100 / RTX 4080), on its own axes.\n"
         "Dotted: projection of a layer slice to the full model = measured tokens/s x "
         "layers_run / layers_total (assumes time per layer is constant; an estimate, not a "
-        "measurement).\nSpeedup: max engine/baseline ratio at the same prompt length and "
-        "precision class (full = bf16/fp16, quantized = int8/int4).\n"
+        "measurement).\nSpeedup: engine/baseline ratio at the same prompt length and "
+        "precision class (full = bf16/fp16, quantized = int8/int4), min–max over the prompt "
+        "lengths measured.\n"
         f"Measured on: {short_hardware(provenance)}."
     )
     columns = max(len(models), 1)
-    fig = new_figure(5.2 * columns, 6.0)
+    fig = new_figure(5.2 * columns, 9.0)
     entries = _legend_entries(points, paper, models)
-    panels, legends = panel_grid(fig, columns, 1, 4.2, legend_rows_height(entries), caption)
+    panels, legends = panel_grid(fig, columns, 2, 3.6, legend_rows_height(entries), caption)
     if not models:
         mark_empty(panels[0][0], "no prefill data (neither measured nor in the paper)")
+        mark_empty(panels[1][0], "no prefill data (neither measured nor in the paper)")
     for column, paper_model in enumerate(models):
-        _panel(panels[0][column], paper_model, points, paper, unmeasured)
-        move_legend(panels[0][column], legends[column])
+        axes = (panels[0][column], panels[1][column])
+        _panels(axes, paper_model, rows, points, paper, unmeasured)
+        _column_legend(axes, legends[column])
     fig.suptitle(
         "Figure 11 - prefill throughput vs prompt length", fontsize=FONT_SIZE + 2, fontweight="bold"
     )

@@ -1,8 +1,10 @@
 """Figure 12: decode throughput per configuration (deferral included), measured and paper.
 
-Columns are paper models; the top row holds this run's bars, the bottom row the paper's
-(separate axes, since the scales differ). The engine's best speedup over each baseline
-(same precision class, deferral included) is written in every panel title.
+Columns are paper models; the top row holds this run's bars (mean of ok trials, +-1 sd
+error bars, noisy bars ringed), the bottom row the paper's (separate axes: the measured
+model, named in the title, is usually not the paper's). The engine's speedup over each
+baseline (same precision class, over the engine's configurations, deferral included) is
+given as its min–max in every panel title.
 """
 
 from __future__ import annotations
@@ -14,17 +16,20 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from plots.bars import BarEntry, bar_panel, legend_row, not_run_patch
-from plots.describe import experts_label, run_model_label, short_hardware
+from plots.bars import BarEntry, bar_panel, legend_row, legend_rows, not_run_patch
+from plots.describe import experts_label, run_model_titles, short_hardware
 from plots.figure_io import save_figure
-from plots.points import point_means, precision_class, unmeasured_points
+from plots.point_means import point_means, precision_class, unmeasured_points
 from plots.references import reference_points
-from plots.speedups import best_speedup_lines, decode_speedups
+from plots.speedups import decode_speedups, speedup_range_lines
 from plots.style import (
     FONT_SIZE,
     LEGEND_FONT_SIZE,
+    NOISY_LABEL,
+    legend_rows_height,
     model_title,
     new_figure,
+    noisy_handle,
     panel_grid,
     panel_models,
     system_color,
@@ -32,19 +37,26 @@ from plots.style import (
 )
 
 STEM = "figure12_decode"
-SYSTEM_ORDER = {"fiddler": 0, "llamacpp": 1, "engine": 2}
+LEGEND_ENTRIES = 6  # three systems, deferral, not run, noisy
+SYSTEM_ORDER = {"fiddler": 0, "llamacpp": 1, "llamacpp_best": 2, "engine": 3}
 CLASS_ORDER = {"full": 0, "quantized": 1}
-YLABEL = "decode throughput (tokens/s)"
+YLABEL = "measured decode (tokens/s)"
+PAPER_YLABEL = "paper decode (tokens/s)"
 
 
 def _sort_key(row: pd.Series) -> tuple[Any, ...]:
     return (
         row["model"],
         CLASS_ORDER.get(precision_class(row["precision"]), 2),
-        SYSTEM_ORDER.get(row["system"], 3),
+        SYSTEM_ORDER.get(row["system"], len(SYSTEM_ORDER)),
         row["precision"],
         0 if pd.isna(row["deferred_experts"]) else row["deferred_experts"],
     )
+
+
+def _flag(value: object) -> bool:
+    """A boolean column's value, False where missing (NOT RUN rows, the paper's numbers)."""
+    return False if value is None or pd.isna(value) else bool(value)
 
 
 def _entries(rows: pd.DataFrame, with_model: bool) -> list[BarEntry]:
@@ -66,19 +78,22 @@ def _entries(rows: pd.DataFrame, with_model: bool) -> list[BarEntry]:
                 color=system_color(row["system"]),
                 missing_text=str(row.get("status", "not_run")).replace("_", " "),
                 hatch="xx" if deferral else "",
+                sd=float(row.get("sd", float("nan"))),
+                cv=float(row.get("cv", float("nan"))),
+                noisy=_flag(row.get("noisy")),
             )
         )
     return entries
 
 
 def _title(head: str, points: pd.DataFrame, with_model: bool) -> str:
-    lines = best_speedup_lines(decode_speedups(points), with_model=with_model)
+    lines = speedup_range_lines(decode_speedups(points), "engine config(s)", with_model)
     if points.empty:
         return head
     return "\n".join(
         [
             head,
-            "engine speedup (best, incl. deferral):",
+            "engine speedup, min–max over engine configs (incl. deferral):",
             *(lines or ["n/a (needs engine and a baseline)"]),
         ]
     )
@@ -96,28 +111,23 @@ def render_figure12(
     models = panel_models(decode_rows["paper_model"], paper["paper_model"])
     columns = max(len(models), 1)
     caption = (
-        "Top row: measured in this run (mean of ok trials); hatched empty slots were not run "
-        "or failed (no value). Bottom row: paper (KTransformers SOSP'25, Fig. 12).\n"
+        "Top row: measured in this run, mean of ok trials with +-1 sd error bars; ringed: "
+        f"{NOISY_LABEL}; hatched empty slots were not run or failed (no value). Bottom row: "
+        "paper (KTransformers SOSP'25, Fig. 12), on its own axes.\n"
         "Labels: system, expert precision, immediate+deferred routed experts (N+D, D > 0 = "
-        "expert deferral, cross-hatched bars). Speedup: best engine config over the baseline's "
-        "k+0 in the same precision class.\n"
+        "expert deferral, cross-hatched bars). Speedup: each engine config over the "
+        "baseline's k+0 in the same precision class, min–max over the engine configs.\n"
         f"Measured on: {short_hardware(provenance)}."
     )
     fig = new_figure(5.0 * columns, 9.0)
-    panels, legends = panel_grid(fig, columns, 2, 3.6, 0.4, caption, shared_legend=True)
+    legend_height = legend_rows_height(legend_rows(LEGEND_ENTRIES, columns))
+    panels, legends = panel_grid(fig, columns, 2, 3.6, legend_height, caption, shared_legend=True)
     for column, paper_model in enumerate(models):
         mine = measured_all[measured_all["paper_model"] == paper_model]
         mine_points = points[points["paper_model"] == paper_model]
         many = mine["model"].nunique() > 1
-        names = sorted(
-            {
-                run_model_label(
-                    r["model"], bool(r["synthetic"]), r["layers_run"], r["layers_total"]
-                )
-                for _, r in mine.iterrows()
-            }
-        )
-        head = f"{model_title(paper_model)}\nmeasured: {', '.join(names) or 'nothing'}"
+        names = run_model_titles(decode_rows, paper_model)
+        head = "\n".join(["measured:", *(names or [f"nothing for {model_title(paper_model)}"])])
         panels[0][column].set_title(_title(head, mine_points, many), fontsize=LEGEND_FONT_SIZE + 1)
         bar_panel(
             panels[0][column],
@@ -127,11 +137,14 @@ def render_figure12(
         )
         theirs = paper[paper["paper_model"] == paper_model]
         panels[1][column].set_title(
-            _title(f"paper: {model_title(paper_model)}", theirs, False),
+            _title(f"paper: {model_title(paper_model)}, full model", theirs, False),
             fontsize=LEGEND_FONT_SIZE + 1,
         )
         bar_panel(
-            panels[1][column], _entries(theirs, False), YLABEL, "no paper numbers for this model"
+            panels[1][column],
+            _entries(theirs, False),
+            PAPER_YLABEL,
+            "no paper numbers for this model",
         )
     if not models:
         for row in panels:
@@ -143,7 +156,8 @@ def render_figure12(
         )
     )
     handles.append(not_run_patch())
-    legend_row(legends[0], handles)
+    handles.append(noisy_handle())
+    legend_row(legends[0], handles, columns)
     fig.suptitle("Figure 12 - decode throughput", fontsize=FONT_SIZE + 2, fontweight="bold")
     return fig
 

@@ -1,8 +1,10 @@
 """Figure 13: the performance breakdown (ablation variants), measured and paper, per stage.
 
-Rows: prefill measured, prefill paper, decode measured, decode paper; columns: paper models.
-Variants are in the paper's order; each bar is labelled with tokens/s and its ratio to
-``base``; variants not run or failed are hatched slots saying so, never values.
+Rows: prefill measured, prefill paper, decode measured, decode paper; columns: paper models
+(measured and paper on separate axes; the measured model is named in the title). Variants
+are in the paper's order; each measured bar is the mean of ok trials with a +-1 sd error
+bar (noisy ones ringed), labelled with tokens/s and its ratio to ``base``; variants not
+run or failed are hatched slots saying so, never values.
 """
 
 from __future__ import annotations
@@ -14,16 +16,20 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from plots.bars import BarEntry, bar_panel, legend_row, not_run_patch
-from plots.breakdown import STAGE_VARIANTS, BreakdownSetting, breakdown_settings
-from plots.describe import run_model_label, short_hardware
+from experiments.statistics import is_noisy
+from plots.bars import BarEntry, bar_panel, legend_row, legend_rows, not_run_patch
+from plots.breakdown_settings import STAGE_VARIANTS, BreakdownSetting, breakdown_settings
+from plots.describe import run_model_label, run_model_titles, short_hardware
 from plots.figure_io import save_figure
 from plots.references import reference_points
 from plots.style import (
     FONT_SIZE,
     LEGEND_FONT_SIZE,
+    NOISY_LABEL,
+    legend_rows_height,
     model_title,
     new_figure,
+    noisy_handle,
     panel_grid,
     panel_models,
     system_color,
@@ -31,6 +37,7 @@ from plots.style import (
 
 STEM = "figure13_breakdown"
 STAGES = ("prefill", "decode")
+LEGEND_ENTRIES = 4  # base, engine variants, not run, noisy
 
 
 def _setting_label(setting: BreakdownSetting) -> str:
@@ -58,7 +65,19 @@ def _entries(settings: list[BreakdownSetting], with_model: bool) -> list[BarEntr
             status = setting.missing.get(variant, ("not run", ""))[0]
             system = "fiddler" if variant == "base" else "engine"
             label = f"{setting.model}: {variant}" if with_model else variant
-            entries.append(BarEntry(label, value, system_color(system), status, note=note))
+            cv = setting.cv.get(variant, float("nan"))
+            entries.append(
+                BarEntry(
+                    label,
+                    value,
+                    system_color(system),
+                    status,
+                    note=note,
+                    sd=setting.sd.get(variant, float("nan")),
+                    cv=cv,
+                    noisy=value is not None and is_noisy(cv),
+                )
+            )
     return entries
 
 
@@ -74,41 +93,44 @@ def render_figure13(
     paper_rows = reference_points(references[references["experiment"] == "breakdown"])
     measured = {stage: breakdown_settings(results, stage) for stage in STAGES}
     paper = {stage: breakdown_settings(paper_rows, stage) for stage in STAGES}
-    models = panel_models(
-        results.loc[results["experiment"] == "breakdown", "paper_model"],
-        paper_rows["paper_model"],
-    )
+    breakdown_rows = results[results["experiment"] == "breakdown"]
+    models = panel_models(breakdown_rows["paper_model"], paper_rows["paper_model"])
     columns = max(len(models), 1)
     caption = (
-        "Measured rows: mean of ok trials in this run; hatched slots were not run or failed "
-        "(no value). Paper rows: KTransformers SOSP'25, Fig. 13 (prefill at 8192 prompt "
-        "tokens, decode after a 32-token prompt).\n"
+        "Measured rows: mean of ok trials in this run with +-1 sd error bars; ringed: "
+        f"{NOISY_LABEL}; hatched slots were not run or failed (no value).\nPaper rows: "
+        "KTransformers SOSP'25, Fig. 13 (prefill at 8192 prompt tokens, decode after a "
+        "32-token prompt), on their own axes.\n"
         "base = Fiddler; +v AVX-512 kernel, +m AMX kernel, +d dynamic scheduling, +n NUMA-aware "
         "tensor parallelism, +c CUDA Graph. Bar labels: tokens/s and ratio to base.\n"
         f"Measured on: {short_hardware(provenance)}."
     )
     fig = new_figure(5.0 * columns, 14.0)
-    panels, legends = panel_grid(fig, columns, 4, 3.0, 0.4, caption, shared_legend=True)
+    legend_height = legend_rows_height(legend_rows(LEGEND_ENTRIES, columns))
+    panels, legends = panel_grid(fig, columns, 4, 3.0, legend_height, caption, shared_legend=True)
     for column, paper_model in enumerate(models):
         for index, stage in enumerate(STAGES):
             mine = [s for s in measured[stage] if s.paper_model == paper_model]
             theirs = [s for s in paper[stage] if s.paper_model == paper_model]
             ax_mine, ax_paper = panels[2 * index][column], panels[2 * index + 1][column]
-            head = f"{stage}, measured: {model_title(paper_model)}"
+            names = run_model_titles(breakdown_rows[breakdown_rows["stage"] == stage], paper_model)
+            names = names or [f"nothing for {model_title(paper_model)}"]
+            head = "\n".join([f"{stage}, measured:", *names])
             ax_mine.set_title(_panel_title(head, mine), fontsize=LEGEND_FONT_SIZE + 1)
             bar_panel(
                 ax_mine,
                 _entries(mine, len(mine) > 1),
-                f"{stage} throughput (tokens/s)",
+                f"measured {stage} (tokens/s)",
                 f"no measured {stage} breakdown for this model",
             )
             ax_paper.set_title(
-                f"{stage}, paper: {model_title(paper_model)}", fontsize=LEGEND_FONT_SIZE + 1
+                f"{stage}, paper: {model_title(paper_model)}, full model",
+                fontsize=LEGEND_FONT_SIZE + 1,
             )
             bar_panel(
                 ax_paper,
                 _entries(theirs, False),
-                f"{stage} throughput (tokens/s)",
+                f"paper {stage} (tokens/s)",
                 f"no paper {stage} breakdown for this model",
             )
     if not models:
@@ -123,8 +145,9 @@ def render_figure13(
         Patch(color=system_color("fiddler"), label="base (Fiddler)"),
         Patch(color=system_color("engine"), label="engine variants"),
         not_run_patch(),
+        noisy_handle(),
     ]
-    legend_row(legends[0], handles)
+    legend_row(legends[0], handles, columns)
     fig.suptitle(
         "Figure 13 - performance breakdown (ablation)", fontsize=FONT_SIZE + 2, fontweight="bold"
     )

@@ -60,7 +60,7 @@ def load_references(kind: str | None = None, directory: Path | None = None) -> p
 
 
 def reference_points(references: pd.DataFrame) -> pd.DataFrame:
-    """The paper's rows shaped like :func:`plots.points.point_means` output.
+    """The paper's rows shaped like :func:`plots.point_means.point_means` output.
 
     The paper ran the full checkpoints, so ``model`` is the paper key, ``synthetic`` is
     False, the layer counts are NaN (no slice) and every row is one ok point of one "trial"

@@ -2,31 +2,37 @@
 
 ``build_report(results_dir)`` reads results.csv + provenance.json, regenerates the four
 figures/tables under ``<out>/figures/`` and writes ``<out>/report.md`` (``<out>`` defaults
-to the results directory). Everything is a pure function of the results, the reference
+to the results directory). A results directory's shards (cluster jobs) and a set of
+directories (results brought back from several hosts) read as one table
+(experiments/shards.py). Everything is a pure function of the results, the reference
 numbers and the provenance, so a report can be rebuilt without rerunning anything.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from experiments.atomic_write import atomic_write_text
-from experiments.schema import STATUS_OK
+from experiments.errors import HmoeError
+from experiments.markdown import md_table
+from experiments.provenance import read_provenance_set
+from experiments.schema import POINT_KEYS, STATUS_OK
+from experiments.statistics import DEFAULT_ALPHA, DEFAULT_CV_THRESHOLD
 from plots.claims import ClaimResult, evaluate_claims
-from plots.compare_tables import breakdown_table, decode_table, prefill_table
+from plots.compare_tables import NOISY_FLAG, breakdown_table, decode_table, prefill_table
 from plots.describe import comparability_statement, hardware_line, model_lines
 from plots.figure11_prefill import plot_figure11
 from plots.figure12_decode import plot_figure12
 from plots.figure13_breakdown import plot_figure13
-from plots.markdown import md_table
-from plots.points import POINT_KEYS, unmeasured_points
+from plots.point_means import point_means, unmeasured_points
 from plots.references import load_references, reference_points
-from plots.results_io import ResultsInputError, load_provenance, load_results
+from plots.results_io import ResultsInputError, report_results, result_paths
 from plots.table2_accuracy import table2_markdown, write_table2
 
 __all__ = ["ResultsInputError", "build_report", "render_report"]
@@ -34,6 +40,8 @@ __all__ = ["ResultsInputError", "build_report", "render_report"]
 REPORT_NAME = "report.md"
 FIGURES_DIR = "figures"
 EXAMPLES_PER_REASON = 3
+NOISY_LISTED = 10  # noisy points named in the Statistics section (the rest counted)
+THROUGHPUT_EXPERIMENTS = ("prefill", "decode", "breakdown")
 Plotter = Callable[[pd.DataFrame, pd.DataFrame, dict[str, Any], Path], list[Path]]
 FIGURES: tuple[tuple[str, Plotter], ...] = (
     ("Figure 11 - prefill throughput vs prompt length", plot_figure11),
@@ -42,19 +50,65 @@ FIGURES: tuple[tuple[str, Plotter], ...] = (
 )
 
 
+def _runs_lines(results: pd.DataFrame, provenance: dict[str, Any]) -> list[str]:
+    """One line per invocation whose rows the report covers (from the rows' run ids)."""
+    runs = provenance.get("runs") if isinstance(provenance.get("runs"), dict) else {}
+    ids = [r for r in results.get("run_id", pd.Series(dtype=str)).unique() if str(r)]
+    lines = []
+    for run_id in sorted(ids):
+        info = runs.get(run_id) if isinstance(runs.get(run_id), dict) else {}
+        git = info.get("git") if isinstance(info.get("git"), dict) else {}
+        dirty = " (uncommitted changes)" if git.get("dirty") else ""
+        rows = int((results["run_id"] == run_id).sum())
+        hosts = info.get("hosts") if isinstance(info.get("hosts"), list) else []
+        on = f" on {', '.join(map(str, hosts))}" if len(hosts) > 1 else ""
+        lines.append(
+            f"  - `{run_id}`: {rows} rows{on}; started {info.get('started') or 'unknown'}, "
+            f"finished {info.get('finished') or 'not recorded (interrupted?)'}; "
+            f"git {git.get('commit') or 'unknown'}{dirty}"
+        )
+    if not ids:
+        lines.append("  - rows carry no run id (written by an older version)")
+    return lines
+
+
+def _shard_lines(provenance: dict[str, Any]) -> list[str]:
+    """Where a merged table's rows come from: its shards and hosts (hardware per host when
+    the hosts differ)."""
+    merged = provenance.get("shards") if isinstance(provenance.get("shards"), list) else []
+    hosts = provenance.get("hosts") if isinstance(provenance.get("hosts"), dict) else {}
+    if len(merged) < 2:
+        return []
+    lines = [
+        f"- Merged from {len(merged)} shards written on {len(hosts)} host(s) "
+        f"({', '.join(sorted(hosts))}); one configuration (profile and model sources)"
+    ]
+    machines = {
+        json.dumps({k: v for k, v in hw.items() if k != "hostname"}, sort_keys=True, default=str)
+        for hw in hosts.values()
+        if isinstance(hw, dict)
+    }
+    if len(machines) > 1:
+        lines.append("- The hosts' hardware differs:")
+        lines += [
+            f"  - {host}: {hardware_line({'hardware': hw})}" for host, hw in sorted(hosts.items())
+        ]
+    return lines
+
+
 def _header(results: pd.DataFrame, provenance: dict[str, Any]) -> list[str]:
     run = provenance.get("run") or next(iter(results["run"].unique()), "") or "unknown"
-    git = provenance.get("git") if isinstance(provenance.get("git"), dict) else {}
-    commit = git.get("commit") or "unknown"
-    dirty = " (uncommitted changes)" if git.get("dirty") else ""
     statuses = results["status"].value_counts()
+    identity = provenance.get("identity") if isinstance(provenance.get("identity"), dict) else {}
+    profile = identity.get("profile") or provenance.get("profile", "unknown")
+    n_runs = len([r for r in results.get("run_id", pd.Series(dtype=str)).unique() if str(r)])
     lines = [
         f"# hybrid-moe-ae report: {run}",
         "",
-        f"- Run: `{run}`; mode: {provenance.get('mode', 'unknown')}; "
-        f"profile: {provenance.get('profile', 'unknown')}; "
-        f"started {provenance.get('started') or 'unknown'}, "
-        f"finished {provenance.get('finished') or 'not recorded'}; git {commit}{dirty}",
+        f"- Results directory `{run}`; mode: {provenance.get('mode', 'unknown')}; "
+        f"profile: {profile}; the rows come from {n_runs or 'unknown'} invocation(s):",
+        *_runs_lines(results, provenance),
+        *_shard_lines(provenance),
         f"- {hardware_line(provenance)}",
         f"- Rows: {len(results)} ({int(statuses.get('ok', 0))} ok trials, "
         f"{int(statuses.get('not_run', 0))} not run, {int(statuses.get('failed', 0))} failed)",
@@ -65,6 +119,47 @@ def _header(results: pd.DataFrame, provenance: dict[str, Any]) -> list[str]:
     lines += [f"- {line}" for line in model_lines(results)]
     lines += ["", f"**{comparability_statement(results, provenance)}**", ""]
     return lines
+
+
+def _statistics(results: pd.DataFrame) -> list[str]:
+    """What the tables' and figures' numbers are, and this run's noisy points."""
+    points = point_means(results)
+    points = points[points["experiment"].isin(THROUGHPUT_EXPERIMENTS)]
+    threshold = f"{DEFAULT_CV_THRESHOLD:.0%}"
+    lines = [
+        "## Statistics",
+        "",
+        "Each measured value is the mean of the point's ok trials, shown as mean ± sd (n, CV): "
+        "sd is the sample standard deviation across the trials (ddof = 1), n their number, "
+        "CV = sd / mean. A single trial has no sd. Figures draw ±1 sd as error bars. A point "
+        f"whose CV exceeds {threshold} is flagged ({NOISY_FLAG} in the tables, a black ring in "
+        "the figures): its trials disagree too much to resolve small differences, so rerun it "
+        "with more trials before reading much into it. `hmoe compare BASE NEW` calls a point "
+        "SLOWER or FASTER only when its mean changed by more than `--max-slowdown` (default "
+        "5 %) *and* Welch's t-test on the two runs' trials, Benjamini-Hochberg adjusted over "
+        f"the compared points, is significant at `--alpha` (default {DEFAULT_ALPHA:g}); "
+        "otherwise it reports no significant change, so a rerun of identical code passes. "
+        "See the README's Statistics section.",
+        "",
+    ]
+    if points.empty:
+        return [*lines, "This run has no measured throughput points.", ""]
+    noisy = points[points["noisy"].astype(bool)].sort_values("cv", ascending=False)
+    spread = int((points["trials"] >= 2).sum())
+    lines.append(
+        f"This run: {len(points)} measured throughput point(s), {spread} with n >= 2 "
+        f"trials; {len(noisy)} flagged with CV > {threshold}" + (":" if len(noisy) else ".")
+    )
+    if len(noisy):
+        lines.append("")
+        lines += [
+            f"- {_point_label(p)}: CV {p['cv']:.0%} ({p['tokens_per_s']:.2f} ± {p['sd']:.2f}, "
+            f"n={int(p['trials'])})"
+            for _, p in noisy.head(NOISY_LISTED).iterrows()
+        ]
+        if len(noisy) > NOISY_LISTED:
+            lines.append(f"- … and {len(noisy) - NOISY_LISTED} more (see the tables)")
+    return [*lines, ""]
 
 
 def _ratio_text(ratios: dict[str, float]) -> str:
@@ -80,6 +175,9 @@ def _claims(claims: list[ClaimResult], paper: list[ClaimResult]) -> list[str]:
         "## Claims",
         "",
         "Judged only on ratios measured within this run (mean over ok trials of each point). "
+        "Throughput claims (1-4) are judged on real checkpoints and on synthetic layer slices "
+        "of the real shapes (ratios between systems on the same slice); on tiny synthetic "
+        "stand-ins they are NOT MEANINGFUL, as accuracy is on synthetic weights. "
         "The last column applies the same code to the paper's own numbers as a sanity check.",
         "",
         md_table(["#", "claim", "status", "why", "on the paper's numbers"], rows),
@@ -173,6 +271,7 @@ def render_report(
         if pdf is not None:
             lines.append(f"\n[{title} (PDF)]({os.path.relpath(pdf, base_dir)})")
         lines.append("")
+    lines += _statistics(results)
     lines += [
         "## Measured vs paper",
         "",
@@ -197,17 +296,26 @@ def render_report(
     return "\n".join(lines).rstrip() + "\n"
 
 
-def build_report(results_dir: Path, out_dir: Path | None = None) -> Path:
+def build_report(results_dir: Path | Sequence[Path], out_dir: Path | None = None) -> Path:
     """Write figures to ``<out>/figures/`` and ``<out>/report.md``; return the report path.
 
-    ``<out>`` is ``out_dir`` or, by default, ``results_dir``. Raises ResultsInputError (a
-    ValueError) when the results directory is missing, empty or its CSV unreadable.
+    ``results_dir`` is one results directory (its shards included) or several, read as one
+    table. ``<out>`` is ``out_dir`` or, by default, the (one) results directory. Raises
+    ResultsInputError (a ValueError) when a results directory is missing, empty or its CSV
+    unreadable, or when the shards mix configurations.
     """
-    results_dir = Path(results_dir)
-    results = load_results(results_dir)
-    provenance = load_provenance(results_dir)
+    paths = result_paths(results_dir)
+    if out_dir is None and len(paths) > 1:
+        raise ResultsInputError(
+            f"{len(paths)} results directories: say where their report goes (--out DIR)"
+        )
+    results = report_results(paths)
+    try:
+        provenance = read_provenance_set(paths)
+    except HmoeError as exc:
+        raise ResultsInputError(str(exc)) from exc
     references = load_references()
-    out = Path(out_dir) if out_dir is not None else results_dir
+    out = Path(out_dir) if out_dir is not None else paths[0]
     figure_dir = out / FIGURES_DIR
     figure_dir.mkdir(parents=True, exist_ok=True)
     figures = {title: plot(results, references, provenance, figure_dir) for title, plot in FIGURES}
@@ -215,3 +323,58 @@ def build_report(results_dir: Path, out_dir: Path | None = None) -> Path:
     report = out / REPORT_NAME
     atomic_write_text(report, render_report(results, references, provenance, figures, out))
     return report
+
+
+USAGE = "usage: hmoe report RESULTS_DIR [RESULTS_DIR ...] [--out DIR]"
+
+
+def _parse(argv: list[str]) -> tuple[list[Path], Path | None] | None:
+    """The results directories and --out of ``argv``; None when the arguments are unusable."""
+    dirs: list[Path] = []
+    out: Path | None = None
+    args = iter(argv)
+    for arg in args:
+        if arg == "--out" or arg.startswith("--out="):
+            value = arg.split("=", 1)[1] if "=" in arg else next(args, "")
+            if not value or out is not None:
+                return None
+            out = Path(value)
+        elif arg.startswith("-"):
+            return None
+        else:
+            dirs.append(Path(arg))
+    return (dirs, out) if dirs else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``hmoe report RESULTS_DIR [RESULTS_DIR ...] [--out DIR]`` (also ``python -m
+    plots.report``): regenerate the figures and report.md from the results, no rerun. Several
+    directories (or a parent folder of them) read as one table: shards from several hosts.
+    Exit 2 on an unusable directory or shards that mix configurations."""
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-h", "--help"):
+        print(f"{USAGE}   (figures + report.md from the results)")
+        print(
+            "  several directories, or a folder holding them, read as one table (results "
+            "shards from several hosts); the report goes to --out DIR (default: the one "
+            "RESULTS_DIR)"
+        )
+        return 0
+    parsed = _parse(argv)
+    if parsed is None:
+        print(USAGE, file=sys.stderr)
+        return 2
+    dirs, out = parsed
+    try:
+        path = build_report(dirs, out)
+    except ResultsInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"report: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,25 +1,27 @@
-"""Read a results directory (results.csv + provenance.json) for the figures and the report.
+"""Read a results directory's rows for the figures and the report.
 
-:func:`load_results` is the one place that reads measured rows: it reads them through
-``experiments.results_store.load_results`` (which drops superseded rows), turns every
+:func:`report_results` reads them through ``experiments.results_store.load_results`` (the
+one reader of results tables, which drops superseded rows), turns every
 problem into :class:`ResultsInputError` (a ValueError) and normalises the frame to typed
-:data:`RESULT_COLUMNS`, so the plotting code never sees raw CSV text.
+:data:`RESULT_COLUMNS`, so the plotting code never sees raw CSV text. It takes one results
+directory (with its shards) or a set of them, read as one table (experiments/shards.py).
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Sequence
+from os import PathLike
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from experiments import shards
 from experiments.errors import HmoeError
-from experiments.results_store import load_results as store_load_results
+from experiments.results_store import load_result_set
 from experiments.schema import NUMERIC_COLUMNS, RESULT_COLUMNS
 
 RESULTS_CSV = "results.csv"
-PROVENANCE_JSON = "provenance.json"
 
 BOOL_COLUMNS = ("synthetic",)
 _TRUE_TEXT = {"true", "1", "yes", "y", "t"}
@@ -58,31 +60,38 @@ def normalize_results(frame: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def load_results(results_dir: Path) -> pd.DataFrame:
-    """All current rows of ``results_dir`` as a normalised DataFrame.
+def result_paths(results_dirs: str | PathLike | Sequence[str | PathLike]) -> list[Path]:
+    """One path or several, as a list of Paths."""
+    if isinstance(results_dirs, str | PathLike):
+        return [Path(results_dirs)]
+    return [Path(p) for p in results_dirs]
+
+
+def report_results(results_dirs: str | PathLike | Sequence[str | PathLike]) -> pd.DataFrame:
+    """All current rows of a results directory (its own table and its shards), or of a set
+    of them read as one table, as a normalised DataFrame, for the report.
 
     Reads through the harness's results store (superseded rows dropped); raises
-    ResultsInputError when the directory or its results.csv is missing, unreadable or empty.
+    ResultsInputError when a directory or its results.csv is missing, unreadable or empty,
+    or when the shards mix configurations.
     """
-    results_dir = Path(results_dir)
-    if not results_dir.is_dir():
-        raise ResultsInputError(f"results directory {results_dir} does not exist")
-    if not (results_dir / RESULTS_CSV).is_file():
-        raise ResultsInputError(f"{results_dir}: no {RESULTS_CSV} (has the run written results?)")
+    paths = result_paths(results_dirs)
+    for path in paths:
+        if not path.is_dir():
+            raise ResultsInputError(f"results directory {path} does not exist")
+        try:
+            shards.expand([path])
+        except HmoeError:
+            raise ResultsInputError(
+                f"{path}: no {RESULTS_CSV} (has the run written results?)"
+            ) from None
+    where = str(paths[0]) if len(paths) == 1 else ", ".join(str(p) for p in paths)
     try:
-        frame = store_load_results(results_dir)
+        frame = load_result_set(paths)
+    except shards.MixedShardsError as exc:
+        raise ResultsInputError(str(exc)) from exc
     except (HmoeError, OSError, ValueError) as exc:
-        raise ResultsInputError(f"{results_dir}: cannot read results: {exc}") from exc
+        raise ResultsInputError(f"{where}: cannot read results: {exc}") from exc
     if frame.empty:
-        raise ResultsInputError(f"{results_dir}: results are empty (no rows)")
+        raise ResultsInputError(f"{where}: results are empty (no rows)")
     return normalize_results(frame)
-
-
-def load_provenance(results_dir: Path) -> dict[str, Any]:
-    """provenance.json as a dict; {} when it is missing or not valid JSON."""
-    path = Path(results_dir) / PROVENANCE_JSON
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}

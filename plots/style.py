@@ -1,6 +1,7 @@
 """The figures' shared look: colours per system, markers per precision, line styles, labels.
 
-Measured data is solid, the paper's numbers dashed, projections of a layer slice dotted;
+Measured data is solid with +-1 sd error bars, the paper's numbers dashed, projections of a
+layer slice dotted; points whose trials vary more than the CV threshold wear a black ring;
 a system keeps one colour in every figure.
 """
 
@@ -14,12 +15,24 @@ matplotlib.use("Agg")
 
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
 from experiments.schema import PAPER_MODELS  # noqa: E402
+from experiments.statistics import DEFAULT_CV_THRESHOLD  # noqa: E402
 
-SYSTEM_COLORS = {"engine": "#d62728", "fiddler": "#1f77b4", "llamacpp": "#2ca02c"}
+SYSTEM_COLORS = {
+    "engine": "#d62728",
+    "fiddler": "#1f77b4",
+    "llamacpp": "#2ca02c",
+    "llamacpp_best": "#98df8a",
+}
 OTHER_COLOR = "#7f7f7f"
-SHORT_SYSTEM_NAMES = {"engine": "engine", "fiddler": "Fiddler", "llamacpp": "llama.cpp"}
+SHORT_SYSTEM_NAMES = {
+    "engine": "engine",
+    "fiddler": "Fiddler",
+    "llamacpp": "llama.cpp (artifact flags)",
+    "llamacpp_best": "llama.cpp (best settings)",
+}
 PRECISION_MARKERS = {"bf16": "o", "fp16": "D", "int8": "s", "int4": "^"}
 MEASURED_STYLE = "-"
 PAPER_STYLE = "--"
@@ -31,6 +44,16 @@ LEGEND_FONT_SIZE = 7
 DPI = 120
 PAPER_LABEL = "paper"
 PAPER_TESTBED = "paper testbed: 2x Xeon 8452Y + A100 (full) / RTX 4080 (quantized)"
+ERROR_CAPSIZE = 2.5
+NOISY_LABEL = f"noisy: CV > {DEFAULT_CV_THRESHOLD:.0%} across trials (see report)"
+NOISY_MARKER = {
+    "marker": "o",
+    "markersize": 10,
+    "markerfacecolor": "none",
+    "markeredgecolor": "black",
+    "markeredgewidth": 1.2,
+    "linestyle": "none",
+}
 
 
 def system_color(system: str) -> str:
@@ -46,6 +69,17 @@ def system_name(system: str) -> str:
 def precision_marker(precision: str) -> str:
     """The marker of a precision's line points."""
     return PRECISION_MARKERS.get(precision, "x")
+
+
+def mark_noisy(ax: Axes, xs: list[float], ys: list[float], label: str = NOISY_LABEL) -> None:
+    """Ring the points (xs, ys) whose CV is above the threshold (one legend entry)."""
+    if xs:
+        ax.plot(xs, ys, label=label, zorder=5, **NOISY_MARKER)
+
+
+def noisy_handle() -> Line2D:
+    """Legend entry for the ring that marks noisy points."""
+    return Line2D([], [], label=NOISY_LABEL, **NOISY_MARKER)
 
 
 def model_title(paper_model: str) -> str:
@@ -152,13 +186,6 @@ def panel_grid(
         transform=caption_ax.transAxes,
     )
     return panels, legends
-
-
-def move_legend(source: Axes, target: Axes) -> None:
-    """Draw ``source``'s legend entries in the (frameless) ``target`` axes."""
-    handles, labels = source.get_legend_handles_labels()
-    if handles:
-        target.legend(handles, labels, loc="upper center", fontsize=LEGEND_FONT_SIZE, frameon=False)
 
 
 def panel_models(*key_sets: Iterable[object]) -> list[str]:

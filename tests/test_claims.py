@@ -1,4 +1,7 @@
-"""The five claims: PASS, FAIL, NOT RUN and NOT MEANINGFUL on hand-made results."""
+"""The five claims: PASS, FAIL, NOT RUN and NOT MEANINGFUL on hand-made results.
+
+Throughput claims are judged on a synthetic layer slice of the real shapes (``MODEL``); on
+a tiny synthetic stand-in (``TINY``) they are NOT MEANINGFUL."""
 
 from __future__ import annotations
 
@@ -23,11 +26,20 @@ from plots.references import load_references, reference_points
 from plots.results_io import normalize_results
 
 MODEL = {
+    "model": "qw2",
+    "paper_model": "qw2",
+    "synthetic": True,
+    "layers_run": 4,
+    "layers_total": 28,
+    "model_source": "synthetic-slice",
+}
+TINY = {
     "model": "tiny_qwen2_moe",
     "paper_model": "qw2",
     "synthetic": True,
     "layers_run": 2,
     "layers_total": 2,
+    "model_source": "synthetic-tiny",
 }
 LENGTHS = (32, 128, 512)
 
@@ -74,8 +86,8 @@ def prefill_rows(engine: float, fiddler: float | None, llamacpp: float | None) -
 def test_prefill_pass_when_engine_far_ahead_everywhere() -> None:
     result = judge_prefill(frame(prefill_rows(engine=40.0, fiddler=2.0, llamacpp=1.0)))
     assert result.status == PASS
-    assert result.ratios["tiny_qwen2_moe engine/llamacpp prefill (full) best"] == pytest.approx(40)
-    assert result.ratios["tiny_qwen2_moe engine/fiddler prefill (full) worst"] == pytest.approx(20)
+    assert result.ratios["qw2 engine/llamacpp prefill (full) best"] == pytest.approx(40)
+    assert result.ratios["qw2 engine/fiddler prefill (full) worst"] == pytest.approx(20)
 
 
 def test_prefill_fails_when_engine_is_ten_times_slower() -> None:
@@ -129,7 +141,7 @@ def test_prefill_uses_mean_of_ok_trials_only() -> None:
     )
     result = judge_prefill(frame(rows))
     assert result.status == PASS
-    assert result.ratios["tiny_qwen2_moe engine/fiddler prefill (full) worst"] == pytest.approx(30)
+    assert result.ratios["qw2 engine/fiddler prefill (full) worst"] == pytest.approx(30)
 
 
 def decode_rows(k0: float, deferral: float | None, fiddler: float, llamacpp: float) -> list[dict]:
@@ -160,7 +172,7 @@ def test_decode_pass() -> None:
     result = judge_decode(frame(decode_rows(k0=20, deferral=25, fiddler=5, llamacpp=10)))
     assert result.status == PASS
     assert result.ratios["best engine (incl. deferral)/baseline"] == pytest.approx(5.0)
-    assert result.ratios["tiny_qwen2_moe bf16 deferral/k+0"] == pytest.approx(1.25)
+    assert result.ratios["qw2 bf16 deferral/k+0"] == pytest.approx(1.25)
 
 
 def test_decode_fails_when_deferral_is_slower() -> None:
@@ -281,3 +293,77 @@ def test_paper_numbers_satisfy_every_claim() -> None:
     assert [c.status for c in claims] == [PASS] * 5
     best = max(v for k, v in claims[0].ratios.items() if k.endswith("best"))
     assert best == pytest.approx(412.17 / 20.88)
+
+
+def _on(model: dict[str, Any], rows: list[dict]) -> list[dict]:
+    """``rows`` measured on ``model`` instead of MODEL."""
+    return [{**r, **model} for r in rows]
+
+
+TINY_CASES = {
+    1: (judge_prefill, prefill_rows(engine=1.0, fiddler=10.0, llamacpp=10.0)),
+    2: (judge_decode, decode_rows(k0=2, deferral=3, fiddler=20, llamacpp=20)),
+    3: (judge_prefill_breakdown, breakdown_rows("prefill", {**PREFILL_GOOD, "+v": 150})),
+    4: (judge_decode_breakdown, breakdown_rows("decode", {**DECODE_GOOD, "+m": 9.5})),
+}
+
+
+@pytest.mark.parametrize("number", sorted(TINY_CASES))
+def test_throughput_claims_on_tiny_models_are_not_meaningful(number: int) -> None:
+    judge, rows = TINY_CASES[number]
+    assert judge(frame(rows)).status == FAIL  # these numbers contradict the claim on a slice
+    result = judge(frame(_on(TINY, rows)))
+    assert result.number == number and result.status == NOT_MEANINGFUL
+    assert "tiny synthetic stand-in(s) (tiny_qwen2_moe)" in result.explanation
+    assert "say nothing about the paper's models" in result.explanation
+    # A tiny model is recognised by its layers alone (rows without model_source, as older
+    # results.csv files have).
+    bare = [{k: v for k, v in r.items() if k != "model_source"} for r in _on(TINY, rows)]
+    assert judge(frame(bare)).status == NOT_MEANINGFUL
+
+
+def test_slice_is_judged_and_says_so_while_tiny_beside_it_is_left_out() -> None:
+    slice_rows = prefill_rows(engine=40.0, fiddler=2.0, llamacpp=1.0)
+    tiny_rows = _on(TINY, prefill_rows(engine=1.0, fiddler=10.0, llamacpp=10.0))
+    result = judge_prefill(frame(slice_rows + tiny_rows))
+    assert result.status == PASS  # the tiny model's contradicting ratios are not judged
+    assert not any(name.startswith("tiny_qwen2_moe") for name in result.ratios)
+    assert "tiny synthetic stand-in(s) tiny_qwen2_moe not judged" in result.explanation
+    assert "synthetic layer slice(s) of the real shapes (qw2)" in result.explanation
+    real = {**MODEL, "synthetic": False, "layers_run": 28, "model_source": "/ckpt/qw2"}
+    checkpoint = judge_prefill(frame(_on(real, slice_rows)))
+    assert checkpoint.status == PASS and "slice" not in checkpoint.explanation
+
+
+def test_claim_that_needs_an_unimplemented_variant_says_it_cannot_pass() -> None:
+    rows = breakdown_rows("decode", {**DECODE_GOOD, "+v+d+n+c": None})
+    reason = "CUDA Graph decode is not implemented yet"
+    rows = [{**r, "error": reason} if r["variant"] == "+v+d+n+c" else r for r in rows]
+    result = judge_decode_breakdown(frame(rows))
+    assert result.status == NOT_RUN
+    assert result.explanation.startswith("this version cannot pass this claim by construction")
+    assert "+v+d+n+c" in result.explanation and reason in result.explanation
+    # A point missing for another reason (hardware) is not "by construction".
+    other = judge_decode_breakdown(frame(breakdown_rows("decode", {**DECODE_GOOD, "+m": None})))
+    assert other.status == NOT_RUN and "by construction" not in other.explanation
+
+
+def test_tiny_models_not_run_are_not_meaningful_but_slices_not_run_name_why() -> None:
+    rows = [
+        {**r, "status": "not_run", "trial": -1, "tokens_per_s": None, "error": "no GPU"}
+        for r in prefill_rows(1, 1, 1)
+    ]
+    assert judge_prefill(frame(_on(TINY, rows))).status == NOT_MEANINGFUL
+    sliced = judge_prefill(frame(rows))
+    assert sliced.status == NOT_RUN and "no GPU" in sliced.explanation
+
+
+def test_tiny_breakdown_with_unimplemented_variants_says_both() -> None:
+    reason = "engine cpu_kernel=avx512: the avx512 CPU expert kernel is not implemented yet"
+    rows = breakdown_rows("decode", {**DECODE_GOOD, "+v": None, "+v+d": None})
+    rows = [{**r, "error": reason} if r["status"] == "not_run" else r for r in rows]
+    result = judge_decode_breakdown(frame(_on(TINY, rows)))
+    assert result.status == NOT_MEANINGFUL
+    assert f"nor could this version pass it by construction: +v, +v+d not run ({reason})" in (
+        result.explanation
+    )

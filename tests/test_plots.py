@@ -5,16 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.container import ErrorbarContainer
 
 from plots.accuracy_drop import average_drops
 from plots.figure11_prefill import plot_figure11, render_figure11
 from plots.figure12_decode import plot_figure12, render_figure12
 from plots.figure13_breakdown import plot_figure13, render_figure13
-from plots.points import point_means
+from plots.point_means import REAL, UNKNOWN, model_kinds, point_means
+from plots.point_means import SLICE as SLICE_KIND
+from plots.point_means import TINY as TINY_KIND
 from plots.references import load_references
 from plots.results_io import normalize_results
+from plots.speedups import prefill_speedups, speedup_range_lines
+from plots.style import NOISY_LABEL
 from plots.table2_accuracy import table2_markdown, write_table2
 
 TINY = {
@@ -76,44 +82,55 @@ def make_results() -> pd.DataFrame:
             error="prompt too long for budget",
         )
     )
-    for system, precision, imm, dfr, tps, status in (
-        ("engine", "bf16", 8, 0, 20.0, "ok"),
-        ("engine", "bf16", 6, 2, 24.0, "ok"),
-        ("fiddler", "bf16", 8, 0, 5.0, "ok"),
-        ("llamacpp", "fp16", 8, 0, 10.0, "ok"),
-        ("engine", "int4", 8, 0, BOGUS, "failed"),
+    # Decode engine 8+0: trials 16 / 24 (mean 20, sd 5.66, CV 28 %: noisy); others steady.
+    for system, precision, imm, dfr, trials, status in (
+        ("engine", "bf16", 8, 0, (16.0, 24.0), "ok"),
+        ("engine", "bf16", 6, 2, (24.0, 24.0), "ok"),
+        ("fiddler", "bf16", 8, 0, (5.0,), "ok"),
+        ("llamacpp", "fp16", 8, 0, (10.0,), "ok"),
+        ("engine", "int4", 8, 0, (BOGUS,), "failed"),
     ):
-        rows.append(
-            row(
-                TINY,
-                experiment="decode",
-                stage="decode",
-                system=system,
-                precision=precision,
-                immediate_experts=imm,
-                deferred_experts=dfr,
-                prompt_tokens=32,
-                decode_tokens=64,
-                tokens_per_s=tps,
-                status=status,
-                error="" if status == "ok" else "kernel crashed",
+        for trial, tps in enumerate(trials):
+            rows.append(
+                row(
+                    TINY,
+                    experiment="decode",
+                    stage="decode",
+                    system=system,
+                    precision=precision,
+                    immediate_experts=imm,
+                    deferred_experts=dfr,
+                    prompt_tokens=32,
+                    decode_tokens=64,
+                    trial=trial,
+                    tokens_per_s=tps,
+                    status=status,
+                    error="" if status == "ok" else "kernel crashed",
+                )
             )
-        )
-    for variant, tps in (("base", 100.0), ("+v", 50.0), ("+m", 200.0), ("+m+d", None)):
-        rows.append(
-            row(
-                TINY,
-                experiment="breakdown",
-                stage="prefill",
-                system="fiddler" if variant == "base" else "engine",
-                precision="bf16",
-                variant=variant,
-                prompt_tokens=512,
-                tokens_per_s=BOGUS if tps is None else tps,
-                status="not_run" if tps is None else "ok",
-                error="needs AMX" if tps is None else "",
+    # Breakdown +m: trials 150 / 250 (mean 200, CV 35 %: noisy); base 99 / 101 (CV 1.4 %).
+    for variant, trials in (
+        ("base", (99.0, 101.0)),
+        ("+v", (50.0,)),
+        ("+m", (150.0, 250.0)),
+        ("+m+d", None),
+    ):
+        for trial, tps in enumerate(trials or (BOGUS,)):
+            rows.append(
+                row(
+                    TINY,
+                    experiment="breakdown",
+                    stage="prefill",
+                    system="fiddler" if variant == "base" else "engine",
+                    precision="bf16",
+                    variant=variant,
+                    prompt_tokens=512,
+                    trial=trial,
+                    tokens_per_s=tps,
+                    status="not_run" if trials is None else "ok",
+                    error="needs AMX" if trials is None else "",
+                )
             )
-        )
     for task, plain, deferred in (("gsm8k", 0.50, 0.48), ("mbpp", 0.40, 0.41)):
         for imm, dfr, score in ((8, 0, plain), (4, 4, deferred)):
             rows.append(
@@ -190,8 +207,8 @@ def test_figure11_projection_speedup_and_no_not_run_values(
     assert BOGUS not in _drawn_values(fig)
     text = _texts(fig)
     assert "projection to 61 layers" in text
-    assert "6.00x vs Fiddler (full)" in text
-    assert "3.00x vs llama.cpp (full)" in text
+    assert "vs Fiddler (full): 6.00x over 3 prompt length(s)" in text
+    assert "vs llama.cpp (full): 3.00x over 3 prompt length(s)" in text
     assert "synthetic" in text and "4/61 layers" in text
     projections = [
         line
@@ -219,7 +236,8 @@ def test_figure12_and_13_mark_not_run_without_values(
         for ax in render_figure12(results, references, PROVENANCE).axes
         for t in ax.get_xticklabels()
     ]
-    assert "4.80x vs Fiddler (full)" in _texts(render_figure12(results, references, PROVENANCE))
+    text = _texts(render_figure12(results, references, PROVENANCE))
+    assert "vs Fiddler (full): 4.00–4.80x over 2 engine config(s)" in text
 
 
 def test_panels_without_data_say_so(references: pd.DataFrame) -> None:
@@ -252,3 +270,146 @@ def test_average_drop_matches_hand_computation(references: pd.DataFrame) -> None
     drops = average_drops(point_means(make_results(), "accuracy"))
     assert drops["avg_drop_pp"].tolist() == pytest.approx([0.5])
     assert drops["tasks"].tolist() == [2]
+
+
+def _error_bars(ax: Any) -> list[tuple[float, float, float]]:
+    """(x, y, half-length) of every vertical error bar drawn in ``ax``."""
+    bars = []
+    for container in ax.containers:
+        if not isinstance(container, ErrorbarContainer):
+            continue
+        for collection in container.lines[2]:
+            for segment in collection.get_segments():
+                (x0, y0), (_, y1) = segment
+                bars.append((float(x0), (y0 + y1) / 2, abs(y1 - y0) / 2))
+    return bars
+
+
+def _rings(ax: Any) -> list[tuple[float, float]]:
+    """Points ringed as noisy in ``ax``."""
+    return [
+        (float(x), float(y))
+        for line in ax.get_lines()
+        if line.get_label() == NOISY_LABEL
+        for x, y in zip(line.get_xdata(), line.get_ydata(), strict=True)
+    ]
+
+
+def _axes_titled(fig: Any, words: str) -> list[Any]:
+    return [ax for ax in fig.axes if words in ax.get_title()]
+
+
+def test_point_means_carry_sd_cv_and_noisy_flag(results: pd.DataFrame) -> None:
+    decode = point_means(results, "decode").set_index(["system", "deferred_experts"])
+    engine = decode.loc[("engine", 0)]
+    assert engine["trials"] == 2 and engine["tokens_per_s"] == pytest.approx(20.0)
+    assert engine["sd"] == pytest.approx(np.std([16.0, 24.0], ddof=1))
+    assert engine["cv"] == pytest.approx(np.std([16.0, 24.0], ddof=1) / 20.0)
+    assert bool(engine["noisy"]) is True
+    steady = decode.loc[("engine", 2)]
+    assert steady["sd"] == 0.0 and bool(steady["noisy"]) is False
+    single = decode.loc[("fiddler", 0)]
+    assert np.isnan(single["sd"]) and np.isnan(single["cv"]) and bool(single["noisy"]) is False
+
+
+def test_figure11_separates_measured_from_paper_with_error_bars_and_rings(
+    results: pd.DataFrame, references: pd.DataFrame
+) -> None:
+    fig = render_figure11(results, references, PROVENANCE)
+    measured_axes = _axes_titled(fig, "measured:")
+    paper_axes = _axes_titled(fig, "paper:")
+    assert measured_axes and paper_axes
+    for ax in measured_axes:  # the paper's lines never share the measured model's y-axis
+        assert not [line for line in ax.get_lines() if "paper" in str(line.get_label())]
+    assert all(ax.get_ylabel().startswith("paper") for ax in paper_axes if ax.get_lines())
+    qw2 = next(ax for ax in measured_axes if "tiny_qwen2_moe" in ax.get_title())
+    assert "tiny synthetic stand-in for Qwen2-57B-A14B (tiny_qwen2_moe)" in qw2.get_title()
+    ds3 = next(ax for ax in measured_axes if "ds3_slice" in ax.get_title())
+    assert "synthetic slice of DeepSeek-V3: 4 of 61 layers (ds3_slice)" in ds3.get_title()
+    # Each prefill point has trials v and 2v: mean 1.5v, sd v/sqrt(2), CV 47 %.
+    points = point_means(results, "prefill")
+    tiny = points[points["model"] == "tiny_qwen2_moe"]
+    expected = sorted(zip(tiny["prompt_tokens"], tiny["tokens_per_s"], tiny["sd"], strict=True))
+    drawn = sorted(_error_bars(qw2))
+    assert len(drawn) == len(expected) == 9
+    for (x, y, half), (ex, ey, esd) in zip(drawn, expected, strict=True):
+        assert (x, y, half) == pytest.approx((ex, ey, esd))
+    assert sorted(_rings(qw2)) == sorted((float(x), float(y)) for x, y, _ in expected)
+    assert NOISY_LABEL in _texts(fig)  # legend note
+
+
+def test_figures_12_and_13_draw_sd_error_bars_and_ring_noisy_bars(
+    results: pd.DataFrame, references: pd.DataFrame
+) -> None:
+    fig12 = render_figure12(results, references, PROVENANCE)
+    ax = _axes_titled(fig12, "tiny synthetic stand-in")[0]
+    bars = _error_bars(ax)
+    # engine 8+0 (sd 5.66) has a bar; 6+2 (sd 0) and single trials have none.
+    assert [y for _, y, _ in bars] == pytest.approx([20.0])
+    assert [half for _, _, half in bars] == pytest.approx([np.sqrt(32.0)])
+    assert [y for _, y in _rings(ax)] == pytest.approx([20.0])
+    assert "CV 28%" in _texts(fig12) and NOISY_LABEL in _texts(fig12)
+    fig13 = render_figure13(results, references, PROVENANCE)
+    ax = _axes_titled(fig13, "prefill, measured")[0]
+    assert "tiny synthetic stand-in for Qwen2-57B-A14B" in ax.get_title()
+    halves = sorted(half for _, _, half in _error_bars(ax))
+    assert halves == pytest.approx(sorted([np.std([99, 101], ddof=1), np.std([150, 250], ddof=1)]))
+    assert [y for _, y in _rings(ax)] == pytest.approx([200.0])
+    assert "CV 35%" in _texts(fig13)
+    # The decode breakdown was not measured: its panel names no model.
+    decode_ax = _axes_titled(fig13, "decode, measured")[0]
+    assert "tiny_qwen2_moe" not in decode_ax.get_title()
+
+
+def test_speedup_text_is_a_range_over_prompt_lengths_never_the_max_alone() -> None:
+    rows = []
+    for length, engine in ((32, 0.8), (128, 3.0), (512, 6.0)):
+        for system, precision, tps in (("engine", "bf16", engine), ("fiddler", "bf16", 1.0)):
+            rows.append(
+                row(
+                    SLICE,
+                    experiment="prefill",
+                    stage="prefill",
+                    system=system,
+                    precision=precision,
+                    prompt_tokens=length,
+                    tokens_per_s=tps,
+                )
+            )
+    points = point_means(normalize_results(pd.DataFrame(rows)), "prefill")
+    lines = speedup_range_lines(prefill_speedups(points), "prompt length(s)")
+    assert lines == ["vs Fiddler (full): 0.80–6.00x over 3 prompt length(s)"]
+    with_model = speedup_range_lines(prefill_speedups(points), "prompt length(s)", True)
+    assert with_model == ["ds3_slice: vs Fiddler (full): 0.80–6.00x over 3 prompt length(s)"]
+    assert speedup_range_lines(prefill_speedups(points.iloc[0:0]), "prompt length(s)") == []
+    slow = points.assign(
+        tokens_per_s=points["tokens_per_s"].where(points["system"] != "engine", 0.004)
+    )
+    assert speedup_range_lines(prefill_speedups(slow), "prompt length(s)") == [
+        "vs Fiddler (full): 0.004x over 3 prompt length(s)"
+    ]
+
+
+def test_model_kinds_from_source_layers_or_checkpoint() -> None:
+    rows = [
+        row(TINY, experiment="prefill", stage="prefill", system="engine", precision="bf16"),
+        row(SLICE, experiment="prefill", stage="prefill", system="engine", precision="bf16"),
+        row(
+            {**SLICE, "model": "qw2", "layers_run": None, "model_source": "synthetic-slice/x"},
+            experiment="prefill",
+            status="not_run",
+        ),
+        row(
+            {**TINY, "model": "ds2", "synthetic": False, "layers_run": 60, "layers_total": 60},
+            experiment="prefill",
+        ),
+        row({**TINY, "model": "never_loaded", "layers_run": None}, status="not_run"),
+    ]
+    kinds = model_kinds(normalize_results(pd.DataFrame(rows)))
+    assert kinds == {
+        "tiny_qwen2_moe": TINY_KIND,
+        "ds3_slice": SLICE_KIND,
+        "qw2": SLICE_KIND,
+        "ds2": REAL,
+        "never_loaded": UNKNOWN,
+    }
