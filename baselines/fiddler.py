@@ -31,6 +31,8 @@ from baselines.hf_placement import (
     remove_hooks,
 )
 from engine.errors import UnsupportedModelError, WeightsError
+from engine.runtime.sampling import Sampler
+from engine.stops import cut_at_stop, find_stop
 from experiments.system_api import (
     DecodeTiming,
     ModelSpec,
@@ -38,6 +40,7 @@ from experiments.system_api import (
     Sampling,
     SystemUnavailable,
     encode_pair,
+    require_top_k_routing,
 )
 
 PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -95,31 +98,15 @@ def read_model_config(path: Path) -> dict[str, Any]:
     return config
 
 
-def choose_token(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> int:
-    """Pick the next token from 1-D ``logits``: argmax, or temperature + top-p sampling."""
-    if sampling.temperature <= 0:
-        return int(torch.argmax(logits))
-    if not 0 < sampling.top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1]: {sampling.top_p}")
-    probs = torch.softmax(logits.float().cpu() / sampling.temperature, dim=-1)
-    sorted_probs, order = torch.sort(probs, descending=True)
-    keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < sampling.top_p
-    keep[0] = True
-    sorted_probs = torch.where(keep, sorted_probs, torch.zeros_like(sorted_probs))
-    pick = torch.multinomial(sorted_probs / sorted_probs.sum(), 1, generator=generator)
-    return int(order[pick])
-
-
-def cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
-    """Cut ``text`` at the earliest occurrence of any stop string; say whether one was found."""
-    hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
-    return (text[: min(hits)], True) if hits else (text, False)
-
-
 class FiddlerSystem:
     """The Fiddler baseline behind the System protocol (see the module docstring)."""
 
     name = "fiddler"
+
+    @classmethod
+    def check_options(cls, cfg: Mapping[str, Any] | None) -> None:
+        """ValueError naming an unknown key or a bad value of ``cfg`` (config time)."""
+        FiddlerConfig.from_mapping(cfg)
 
     def __init__(self, cfg: Mapping[str, Any] | None = None) -> None:
         self.config = FiddlerConfig.from_mapping(cfg)
@@ -228,13 +215,8 @@ class FiddlerSystem:
 
     def _check_expert_split(self, immediate_experts: int | None, deferred_experts: int) -> None:
         """Fiddler runs the model's own top-k routing: no deferral, no other split."""
-        if deferred_experts > 0:
-            raise SystemUnavailable("fiddler has no expert deferral (deferred_experts > 0)")
         top_k = getattr(self._require_model().config, "num_experts_per_tok", None)
-        if immediate_experts is not None and immediate_experts != top_k:
-            raise SystemUnavailable(
-                f"fiddler runs the model's top-{top_k} routing, not {immediate_experts} experts"
-            )
+        require_top_k_routing(self.name, top_k, immediate_experts, deferred_experts)
 
     @torch.inference_mode()
     def prefill(self, prompt_ids: list[int]) -> PrefillTiming:
@@ -324,22 +306,22 @@ class FiddlerSystem:
         tokenizer = self._get_tokenizer()
         ids = self._ids(tokenizer(text)["input_ids"])
         eos = self._eos_ids()
-        generator = torch.Generator().manual_seed(sampling.seed)
+        sampler = Sampler(sampling.temperature, sampling.top_p, sampling.seed)
         cache = self._new_cache()
         new_ids: list[int] = []
         out = model(input_ids=ids, past_key_values=cache, use_cache=True, **self._forward_kwargs)
         while len(new_ids) < sampling.max_new_tokens:
-            token = choose_token(out.logits[0, -1], sampling, generator)
+            token = sampler(out.logits[0, -1])
             if token in eos:
                 break
             new_ids.append(token)
             if sampling.stop:
                 decoded = tokenizer.decode(new_ids, skip_special_tokens=True)
-                if cut_at_stop(decoded, sampling.stop)[1]:
+                if find_stop(decoded, sampling.stop) >= 0:
                     break
             step = torch.tensor([[token]], dtype=torch.long, device=self._device)
             out = model(input_ids=step, past_key_values=cache, use_cache=True)
-        return cut_at_stop(tokenizer.decode(new_ids, skip_special_tokens=True), sampling.stop)[0]
+        return cut_at_stop(tokenizer.decode(new_ids, skip_special_tokens=True), sampling.stop)
 
     @torch.inference_mode()
     def loglikelihood(

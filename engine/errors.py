@@ -13,3 +13,8 @@ class WeightsError(EngineError):
 
 class UnsupportedModelError(EngineError):
     """The checkpoint's architecture or an option in its config is not supported."""
+
+
+class EngineUnavailable(EngineError):
+    """What was asked for cannot run on this machine or build (no GPU, a CPU without the
+    ISA a kernel needs, the C++ extension not built); callers record it as not run."""

@@ -1,11 +1,14 @@
 """Table 2: benchmark accuracy with and without expert deferral (plan and measure points).
 
 A point is model x expert configuration (immediate+deferred) x task. ``measure`` runs the
-task through lm-eval on the loaded system (experiments/accuracy_run.py), writes every
-completion to ``results/<run>/generations/<point_id>.jsonl`` as ``{"idx", "completion"}``
-lines (the paper artifact's format, re-scorable with ``hmoe score``) plus a summary
-``<point_id>.json``, and returns the score. A point that cannot run here (no lm-eval, no
-data) raises :class:`AccuracyNotRun` with a one-line reason and is recorded NOT RUN.
+task through lm-eval on the loaded system (experiments/accuracy_run.py), scores each
+completion under the configured rules (``experiment.scoring_rules``: ``paper``, the
+artifact's scorer and the default, or ``strict``), writes every completion to
+``results/<run>/generations/<point_id>.jsonl`` as ``{"idx", "completion"}`` lines (the
+paper artifact's format and layout, re-scorable with ``hmoe score``) plus a summary
+``<point_id>.json``, and returns the score and the rules that scored it. A point that
+cannot run here (no lm-eval, no data) raises :class:`AccuracyNotRun` with a one-line
+reason and is recorded NOT RUN.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from experiments.accuracy_run import EvalSettings, run_task
+from experiments.accuracy_tasks.rules import DEFAULT_RULES, check_rules
 from experiments.atomic_write import atomic_write_text
 from experiments.config_schema import Config
 from experiments.errors import HmoeError
-from experiments.points import Point, parse_expert_config
+from experiments.points import Experiment, Point, parse_expert_config
 from experiments.system_api import System
 
 GENERATIONS_DIR = "generations"
@@ -33,7 +37,8 @@ class AccuracyNotRun(HmoeError):
 
 
 def plan(cfg: Config) -> list[Point]:
-    """One point per (expert configuration, task) of the model."""
+    """One point per (expert configuration, task) of the model (the scoring rules checked)."""
+    scoring_rules(cfg)
     points = []
     for text in cfg.model.accuracy_configs:
         precision, immediate, deferred = parse_expert_config(text, cfg.model.top_k)
@@ -83,6 +88,13 @@ def unavailable_reason(cfg: Config, task: str) -> str | None:
     return None
 
 
+def scoring_rules(cfg: Config) -> str:
+    """The configured scoring rules (``experiment.scoring_rules``; "paper" when unset)."""
+    experiment: Any = cfg.experiment
+    value = experiment.get("scoring_rules") if hasattr(experiment, "get") else None
+    return check_rules(str(value or DEFAULT_RULES))
+
+
 def settings_for(point: Point, cfg: Config) -> EvalSettings:
     """What ``point`` runs under ``cfg`` (HumanEval alone is sampled, when samples > 1)."""
     exp = cfg.experiment
@@ -98,6 +110,7 @@ def settings_for(point: Point, cfg: Config) -> EvalSettings:
         immediate_experts=point.immediate_experts,
         deferred_experts=point.deferred_experts,
         progress=bool(cfg.progress),
+        rules=scoring_rules(cfg),
     )
 
 
@@ -106,8 +119,9 @@ def measure(
 ) -> dict[str, Any]:
     """Score ``system`` (loaded in ``point.precision``) on ``point.task``.
 
-    Returns ``{"score": 0..1, "seconds": wall time, "n": problems}`` and writes the
-    generations and summary files named by ``point_id``.
+    Returns ``{"score": 0..1, "seconds": wall time, "n": problems, "scoring_rules": the
+    rules that scored it}`` and writes the generations and summary files named by
+    ``point_id``.
     """
     missing = missing_packages()
     if missing:
@@ -126,6 +140,7 @@ def measure(
     summary = {
         "task": outcome.task,
         "score": outcome.score,
+        "scoring_rules": outcome.rules,
         "n": outcome.n,
         "seconds": outcome.seconds,
         "settings": {k: v for k, v in asdict(settings).items() if k != "progress"},
@@ -136,9 +151,17 @@ def measure(
         **outcome.details,
     }
     atomic_write_text(out_dir / f"{point_id}.json", json.dumps(summary, indent=1) + "\n")
-    return {"score": outcome.score, "seconds": outcome.seconds, "n": outcome.n}
+    return {
+        "score": outcome.score,
+        "seconds": outcome.seconds,
+        "n": outcome.n,
+        "scoring_rules": outcome.rules,
+    }
 
 
 def _first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
+
+
+EXPERIMENT = Experiment("accuracy", "Table 2: accuracy", plan)

@@ -1,14 +1,15 @@
 """Figure 13: the ablation breakdown (+v, +m, +d, +n, +c), prefill and decode.
 
-Variants name the system that runs them (base = Fiddler, the others the engine with
-kernel/scheduling/NUMA/CUDA Graph switches); each job runs the variants of its system.
+Variants (experiments.variants) name the system that runs them (base = Fiddler, the
+others the engine with kernel/scheduling/NUMA/CUDA Graph switches); each job runs the
+variants of its own system.
 """
 
 from __future__ import annotations
 
 from experiments.config_schema import Config
-from experiments.errors import HmoeError
-from experiments.points import Point, check_positive_int
+from experiments.points import Experiment, Point, check_positive_int
+from experiments.variants import check_variants
 
 
 def plan(cfg: Config) -> list[Point]:
@@ -22,22 +23,22 @@ def plan(cfg: Config) -> list[Point]:
     full_precision = cfg.model.precisions[0]
     points = []
     for stage, names in (("prefill", exp.prefill_variants), ("decode", exp.decode_variants)):
-        for name in names:
-            spec = exp.variants.get(name)
-            if spec is None:
-                raise HmoeError(f"breakdown variant {name!r} is not defined in experiment.variants")
-            if spec["system"] != cfg.system.name:
+        for variant in check_variants(stage, names):
+            if variant.system != cfg.system.name:
                 continue
             points.append(
                 Point(
                     experiment="breakdown",
                     stage=stage,
                     precision=full_precision,
-                    variant=name,
+                    variant=variant.name,
                     immediate_experts=cfg.model.top_k if stage == "decode" else None,
                     prompt_tokens=prefill_len if stage == "prefill" else prompt,
                     decode_tokens=0 if stage == "prefill" else steps,
-                    system_options=dict(spec.get("options") or {}),
+                    system_options=dict(variant.options),
                 )
             )
     return points
+
+
+EXPERIMENT = Experiment("breakdown", "Figure 13: breakdown", plan)

@@ -1,4 +1,4 @@
-"""The ``hmoe`` command: run, all, report, synth, score, compare, export-gguf.
+"""The ``hmoe`` command: run, all, report, synth, score, compare, lm-eval, export-gguf.
 
     hmoe run [-m] [hydra overrides...]   one job, or a Hydra multirun sweep
     hmoe all fast|full [overrides...]    what run_all.sh runs: every experiment + report
@@ -7,6 +7,7 @@
     hmoe score --task TASK FILE.jsonl    score saved generations ({"idx", "completion"} lines)
     hmoe compare BASE NEW [--max-accuracy-drop PP] [--max-slowdown PCT]
                                          regression gate between two results directories
+    hmoe lm-eval <lm-eval arguments>     lm-eval's CLI with the hmoe model and task folder
     hmoe export-gguf MODEL_DIR --type f16|bf16|q8_0|q4_0 [--out PATH]
                                          GGUF for llama.cpp (cached beside the model)
 
@@ -15,87 +16,26 @@ User errors print one line (no traceback) and exit 2.
 
 from __future__ import annotations
 
-import os
 import sys
-from pathlib import Path
+
+from engine.registry import Registry
 
 USAGE = __doc__.split("\n\n")[1].rstrip() if __doc__ else ""
 
 
-def _cmd_run(args: list[str]) -> int:
-    from experiments import hydra_app
-    from experiments.run_all import (
-        _check_writable,
-        _override,
-        choose_profile,
-        validate_overrides,
-    )
-
-    if not any(a in ("--help", "-h", "--hydra-help") for a in args):
-        args, line = choose_profile(args)
-        if not os.environ.get("HMOE_PROFILE_PRINTED"):
-            print(line, flush=True)
-        validate_overrides([a for a in args if "=" in a and not a.startswith("-")])
-        _check_writable(Path(_override(args, "results_root") or "results"))
-    sys.argv = ["hmoe run", *args]
-    try:
-        hydra_app.job()
-    except SystemExit as exc:
-        if exc.code not in (0, None):
-            return int(exc.code) if isinstance(exc.code, int) else 2
-    return 1 if hydra_app.OUTCOME["failed"] else 0
-
-
-def _cmd_report(args: list[str]) -> int:
-    if len(args) != 1 or args[0].startswith("-"):
-        print("usage: hmoe report RESULTS_DIR", file=sys.stderr)
-        return 2
-    from plots.report import build_report
-
-    path = build_report(Path(args[0]))
-    print(f"report: {path}")
-    return 0
-
-
-def _cmd_all(args: list[str]) -> int:
-    from experiments.run_all import main as run_all_main
-
-    return run_all_main(args)
-
-
-def _cmd_synth(args: list[str]) -> int:
-    from engine.synthetic.cli import main as synth_main
-
-    return synth_main(args)
-
-
-def _cmd_score(args: list[str]) -> int:
-    from experiments.scoring import main as score_main
-
-    return score_main(args)
-
-
-def _cmd_compare(args: list[str]) -> int:
-    from experiments.compare import main as compare_main
-
-    return compare_main(args)
-
-
-def _cmd_export_gguf(args: list[str]) -> int:
-    from engine.gguf_export import main as export_main
-
-    return export_main(args)
-
-
-COMMANDS = {
-    "run": _cmd_run,
-    "all": _cmd_all,
-    "report": _cmd_report,
-    "synth": _cmd_synth,
-    "score": _cmd_score,
-    "compare": _cmd_compare,
-    "export-gguf": _cmd_export_gguf,
-}
+COMMANDS = Registry(
+    "command",
+    {
+        "run": "experiments.hydra_app:cli_main",
+        "all": "experiments.run_all:main",
+        "report": "plots.report:main",
+        "synth": "engine.synthetic.cli:main",
+        "score": "experiments.scoring:main",
+        "compare": "experiments.compare:main",
+        "lm-eval": "experiments.lm_eval_cli:main",
+        "export-gguf": "baselines.llamacpp.gguf_export:main",
+    },
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     from experiments.errors import HmoeError
 
     try:
-        return COMMANDS[argv[0]](argv[1:])
+        return int(COMMANDS.load(argv[0])(argv[1:]) or 0)
     except (HmoeError, EngineError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

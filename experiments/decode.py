@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from experiments.config_schema import Config
-from experiments.points import Point, check_positive_int, parse_expert_config
+from experiments.points import Experiment, Point, check_positive_int, parse_expert_config
 
 
 def plan(cfg: Config) -> list[Point]:
@@ -33,3 +33,6 @@ def plan(cfg: Config) -> list[Point]:
             )
         )
     return points
+
+
+EXPERIMENT = Experiment("decode", "Figure 12: decode throughput", plan)

@@ -43,7 +43,8 @@ def _cpuinfo() -> tuple[str, set[str]]:
     return model, flags
 
 
-def _numa_nodes() -> int:
+def numa_node_count() -> int:
+    """NUMA nodes the kernel reports (1 where it reports none)."""
     nodes = list(Path("/sys/devices/system/node").glob("node[0-9]*"))
     return max(1, len(nodes))
 
@@ -92,7 +93,7 @@ def describe() -> dict[str, Any]:
         "cpu_flags": {f: (f in flags) for f in _FLAGS_OF_INTEREST},
         "cores_physical": psutil.cpu_count(logical=False) or os.cpu_count() or 1,
         "cores_logical": psutil.cpu_count(logical=True) or os.cpu_count() or 1,
-        "numa_nodes": _numa_nodes(),
+        "numa_nodes": numa_node_count(),
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "gpus": gpus(),
     }

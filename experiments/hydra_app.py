@@ -7,6 +7,7 @@ point is ok or NOT RUN, 1 when a point failed, 2 for bad input (one clear messag
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -41,7 +42,42 @@ def job(cfg: DictConfig) -> None:
     )
     for line in summary.lines:
         print(f"   {line}")
+    if summary.noisy:
+        print(
+            f"   {summary.noisy} point(s) NOISY: their trials vary by more than "
+            f"{cfg.experiment.cv_threshold:.0%} (CV); compare them with care, or set "
+            "experiment.max_trials=N to add trials while the CV stays high"
+        )
     for reason, count in summary.reasons.items():
         print(f"   {reason} ({count} point(s))")
     if summary.failed:
         OUTCOME["failed"] = True
+
+
+def cli_main(args: list[str]) -> int:
+    """``hmoe run [-m] [overrides...]``: one job or a Hydra multirun sweep; exit status 0
+    (every point ok or NOT RUN), 1 (a point failed), 2 (bad input)."""
+    from experiments.provenance import new_run_id
+    from experiments.run_all import _check_writable, _override, choose_profile, validate_overrides
+
+    if not any(a in ("--help", "-h", "--hydra-help") for a in args):
+        args, line = choose_profile(args)
+        if not os.environ.get("HMOE_PROFILE_PRINTED"):
+            print(line, flush=True)
+        if _override(args, "run_id") is None:
+            args = [*args, f"run_id={new_run_id()}"]  # one id for every job of this call
+        validate_overrides([a for a in args if "=" in a and not a.startswith("-")])
+        _check_writable(Path(_override(args, "results_root") or "results"))
+    sys.argv = ["hmoe run", *args]
+    try:
+        job()
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            return int(exc.code) if isinstance(exc.code, int) else 2
+    if OUTCOME["failed"]:
+        return 1
+    from experiments.run_all import launched_failures, launcher
+
+    # jobs run by a launcher ran in other processes: their outcome is read from their shards
+    overrides = [a for a in args if "=" in a and not a.startswith("-")]
+    return 1 if launcher(overrides) and launched_failures(overrides) else 0

@@ -26,7 +26,6 @@ from experiments.system_api import Sampling, System
 
 # generation_kwargs keys understood; anything else is an error rather than silently ignored.
 GEN_KWARGS = frozenset({"until", "max_gen_toks", "do_sample", "temperature", "top_p", "seed"})
-SYSTEMS_CONF = Path(__file__).resolve().parents[1] / "conf" / "system"
 
 
 def sample_seed(seed: int, doc_id: int | None, sample: int) -> int:
@@ -106,6 +105,18 @@ class HmoeLM(LM):
         self.max_new_tokens_cap = None if max_new_tokens_cap is None else int(max_new_tokens_cap)
         self.progress = progress in (True, "true", "True", "1")
 
+    @classmethod
+    def create_from_arg_obj(
+        cls, arg_dict: dict[str, Any], additional_config: dict[str, Any] | None = None
+    ) -> HmoeLM:
+        """lm-eval's CLI path: its generic ``--device`` applies unless ``model_args`` name a
+        device; ``batch_size``/``max_batch_size`` do not apply (one sequence at a time)."""
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
+        args = dict(arg_dict)
+        if "device" in extra and "device" not in args and isinstance(args.get("system"), str):
+            args["device"] = extra["device"]
+        return cls(**args)
+
     # -- lm-eval LM interface ------------------------------------------------------------------
     def generate_until(self, requests: list[Instance]) -> list[str]:
         """One completion per request; repeated requests (lm-eval ``repeats``) are samples
@@ -174,21 +185,17 @@ class HmoeLM(LM):
 def build_system(
     name: str, model_path: str | None, precision: str, options: Mapping[str, Any]
 ) -> System:
-    """Construct and load the harness system ``name`` (conf/system/<name>.yaml's ``impl``, or
-    ``module:Class``) on the checkpoint directory ``model_path``, for lm-eval model args."""
-    from omegaconf import OmegaConf
-
-    from experiments.system_api import ModelSpec, load_system_class
+    """Construct and load the harness system ``name`` (engine, fiddler, llamacpp) on the
+    checkpoint directory ``model_path``, for lm-eval model args."""
+    from engine.registry import RegistryError
+    from experiments.system_api import ModelSpec, system_class
 
     if not model_path:
         raise HmoeError("hmoe LM: model_path=DIR is needed with a system name")
-    impl = name
-    if ":" not in name:
-        conf = SYSTEMS_CONF / f"{name}.yaml"
-        if not conf.is_file():
-            known = sorted(p.stem for p in SYSTEMS_CONF.glob("*.yaml"))
-            raise HmoeError(f"hmoe LM: unknown system {name!r}; known: {known}")
-        impl = str(OmegaConf.load(conf).impl)
+    try:
+        cls = system_class(name)
+    except RegistryError as exc:
+        raise HmoeError(f"hmoe LM: {exc}") from exc
     path = Path(model_path).expanduser()
     config = _read_config(path)
     layers = int(config.get("num_hidden_layers", 0))
@@ -203,7 +210,7 @@ def build_system(
         layers_run=layers,
         layers_total=layers,
     )
-    system = load_system_class(impl)(dict(options))
+    system = cls(dict(options))
     system.load(spec, precision)
     return system
 

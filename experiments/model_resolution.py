@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 
-from experiments.config_schema import ModelConfig
+from experiments.config_schema import ModelEntry
 from experiments.errors import HmoeError
 from experiments.system_api import ModelSpec
 
@@ -37,7 +37,7 @@ def _read_config_json(directory: Path, origin: str) -> dict:
     return data
 
 
-def _gguf_paths(model: ModelConfig) -> dict[str, Path]:
+def gguf_paths(model: ModelEntry) -> dict[str, Path]:
     out: dict[str, Path] = {}
     for precision, value in (model.gguf or {}).items():
         if value:
@@ -48,8 +48,12 @@ def _gguf_paths(model: ModelConfig) -> dict[str, Path]:
     return out
 
 
-def resolve_checkpoint(model: ModelConfig) -> ModelSpec:
-    """A real checkpoint directory given by ``model.path``, validated."""
+def check_checkpoint(model: ModelEntry) -> tuple[Path, dict]:
+    """``model.path`` checked: a Hugging Face directory with a config.json of the model's
+    architecture and safetensors weights; its GGUF files exist. Returns (path, config)."""
+    from engine.errors import UnsupportedModelError
+    from engine.models.config import detect_family
+
     assert model.path
     path = Path(model.path).expanduser()
     env = _ENV_OF_PATH.get(model.key)
@@ -57,8 +61,29 @@ def resolve_checkpoint(model: ModelConfig) -> ModelSpec:
     if not path.exists():
         raise HmoeError(f"{origin}: checkpoint path does not exist: {path}")
     if not path.is_dir():
-        raise HmoeError(f"{origin}: checkpoint path is not a directory: {path}")
+        raise HmoeError(
+            f"{origin}: checkpoint path is not a directory: {path} (a Hugging Face "
+            "safetensors directory; GGUF files for llama.cpp go in model.gguf.<precision>)"
+        )
     cfg = _read_config_json(path, origin)
+    if not any(path.glob("*.safetensors")):
+        raise HmoeError(f"{origin}: no *.safetensors weights in {path}")
+    try:
+        family = detect_family(cfg)
+    except UnsupportedModelError as exc:
+        raise HmoeError(f"{origin}: {path}: {exc}") from exc
+    if family != model.architecture:
+        raise HmoeError(
+            f"{origin}: {path} holds a {family} model, but model {model.key} is "
+            f"{model.architecture} ({model.name}); point the path at the right checkpoint"
+        )
+    gguf_paths(model)
+    return path, cfg
+
+
+def resolve_checkpoint(model: ModelEntry) -> ModelSpec:
+    """A real checkpoint directory given by ``model.path``, validated."""
+    path, cfg = check_checkpoint(model)
     layers = int(cfg.get("num_hidden_layers", model.layers_total))
     return ModelSpec(
         key=model.key,
@@ -70,11 +95,11 @@ def resolve_checkpoint(model: ModelConfig) -> ModelSpec:
         synthetic=False,
         layers_run=layers,
         layers_total=max(layers, model.layers_total),
-        gguf=_gguf_paths(model),
+        gguf=gguf_paths(model),
     )
 
 
-def resolve_synthetic(model: ModelConfig, cache_dir: Path, progress: bool = True) -> ModelSpec:
+def resolve_synthetic(model: ModelEntry, cache_dir: Path, progress: bool = True) -> ModelSpec:
     """Generate (or reuse) the synthetic stand-in described by ``model.synthetic``."""
     from engine.synthetic import (
         SyntheticRequest,
@@ -116,7 +141,7 @@ def resolve_synthetic(model: ModelConfig, cache_dir: Path, progress: bool = True
     )
 
 
-def resolve_model(model: ModelConfig, cache_dir: Path, progress: bool = True) -> ModelSpec:
+def resolve_model(model: ModelEntry, cache_dir: Path, progress: bool = True) -> ModelSpec:
     """The ModelSpec for ``model``: its checkpoint when a path is set, else synthetic."""
     if model.path:
         return resolve_checkpoint(model)

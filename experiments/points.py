@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from engine.registry import Registry, RegistryError
 from experiments.errors import HmoeError
 
 
@@ -46,6 +48,36 @@ class Point:
         if self.decode_tokens:
             parts.append(f"n{self.decode_tokens}")
         return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One experiment: its name (conf/experiment/<name>.yaml), run_all's step title, and
+    its planner (the points a job of this experiment measures; each point's stage says how
+    it is measured, see experiments.stages)."""
+
+    name: str
+    title: str
+    plan: Callable[[Any], list[Point]]
+
+
+EXPERIMENTS = Registry(
+    "experiment",
+    {
+        "prefill": "experiments.prefill:EXPERIMENT",
+        "decode": "experiments.decode:EXPERIMENT",
+        "breakdown": "experiments.breakdown:EXPERIMENT",
+        "accuracy": "experiments.accuracy:EXPERIMENT",
+    },
+)
+
+
+def experiment(name: str) -> Experiment:
+    """The registered experiment ``name`` (HmoeError listing the known ones otherwise)."""
+    try:
+        return EXPERIMENTS.load(name)
+    except RegistryError as exc:
+        raise HmoeError(str(exc)) from exc
 
 
 def point_id(point: Point, identity: dict[str, Any]) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from experiments.config_schema import Config
-from experiments.points import Point, check_positive_int
+from experiments.points import Experiment, Point, check_positive_int
 
 
 def plan(cfg: Config) -> list[Point]:
@@ -20,3 +20,6 @@ def plan(cfg: Config) -> list[Point]:
         for precision in precisions
         for length in sorted(set(lengths))
     ]
+
+
+EXPERIMENT = Experiment("prefill", "Figure 11: prefill throughput", plan)

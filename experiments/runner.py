@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,22 +17,18 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from experiments import accuracy, breakdown, decode, prefill, provenance
+from experiments import accuracy, provenance, stages
+from experiments.accuracy import AccuracyNotRun
 from experiments.errors import HmoeError
 from experiments.model_resolution import resolve_model
-from experiments.points import Point, point_id
+from experiments.points import Point, experiment, point_id
 from experiments.results_store import ResultsStore
+from experiments.run_identity import check_identity, model_source
 from experiments.schema import STATUS_FAILED, STATUS_NOT_RUN, STATUS_OK
-from experiments.system_api import ModelSpec, SystemUnavailable, load_system_class
-from experiments.telemetry import Telemetry
+from experiments.stages import MeasureContext
+from experiments.statistics import summarize
+from experiments.system_api import ModelSpec, System, SystemUnavailable, system_class
 from experiments.workload import PromptSource
-
-PLANNERS: dict[str, Callable[[Any], list[Point]]] = {
-    "prefill": prefill.plan,
-    "decode": decode.plan,
-    "breakdown": breakdown.plan,
-    "accuracy": accuracy.plan,
-}
 
 
 @dataclass
@@ -45,6 +40,7 @@ class JobSummary:
     ok: int = 0
     failed: int = 0
     not_run: int = 0
+    noisy: int = 0
     lines: list[str] = field(default_factory=list)
     reasons: dict[str, int] = field(default_factory=dict)  # "NOT RUN: why" -> points
 
@@ -68,6 +64,7 @@ class JobRunner:
         self.options: dict[str, Any] = OmegaConf.to_container(cfg.system.options, resolve=True)
         self.summary = JobSummary()
         self.job_name = f"{cfg.experiment.name}/{cfg.model.key}/{cfg.system.name}"
+        self.run_id = str(cfg.run_id or provenance.new_run_id())
         self.system_facts: dict[str, Any] = {}
 
     # -- identity ----------------------------------------------------------------------------
@@ -82,7 +79,13 @@ class JobRunner:
         if point.stage == "accuracy":
             model_id["data_dir"] = cfg.data.dir
             model_id["limit"] = cfg.experiment.limit
-            for key in ("human_eval_samples", "temperature", "seed", "max_new_tokens"):
+            for key in (
+                "human_eval_samples",
+                "temperature",
+                "seed",
+                "max_new_tokens",
+                "scoring_rules",
+            ):
                 model_id[key] = cfg.experiment[key]
         return {
             "model": model_id,
@@ -92,6 +95,11 @@ class JobRunner:
             },
             "trials": cfg.experiment.trials,
             "warmup": cfg.experiment.warmup,
+            **(
+                {"max_trials": cfg.experiment.max_trials, "cv": cfg.experiment.cv_threshold}
+                if cfg.experiment.max_trials
+                else {}
+            ),
             "workload": OmegaConf.to_container(cfg.workload, resolve=True),
         }
 
@@ -107,6 +115,7 @@ class JobRunner:
         cfg = self.cfg
         return {
             "run": cfg.run,
+            "run_id": self.run_id,
             "point_id": pid,
             "experiment": point.experiment,
             "stage": point.stage,
@@ -154,55 +163,15 @@ class JobRunner:
             key = f"{label}: {error}"
             self.summary.reasons[key] = self.summary.reasons.get(key, 0) + len(todo)
 
-    # -- measuring ---------------------------------------------------------------------------
-    def _measure(
-        self, system: Any, point: Point, prompts: PromptSource | None, pid: str
-    ) -> list[dict[str, Any]]:
-        if point.stage == "accuracy":
-            with Telemetry() as tel:
-                out = accuracy.measure(system, point, self.cfg, self.run_dir, pid)
-            reading = tel.reading.as_row()
-            return [{"trial": 0, "seconds": out["seconds"], "score": out["score"], **reading}]
-        assert prompts is not None
-        self._warm_up(system, point, prompts)
-        out = []
-        for trial in range(self.cfg.experiment.trials):
-            with Telemetry() as tel:
-                if point.stage == "prefill":
-                    ids = prompts.window(point.prompt_tokens, trial, "prefill")
-                    t = system.prefill(ids)
-                    seconds, tokens = t.seconds, t.tokens
-                else:
-                    ids = prompts.window(point.prompt_tokens, trial, "decode")
-                    t = system.decode(
-                        ids, point.decode_tokens, point.immediate_experts, point.deferred_experts
-                    )
-                    seconds, tokens = t.decode_seconds, t.decode_tokens
-            if seconds <= 0:
-                raise RuntimeError(f"system reported a non-positive time ({seconds})")
-            out.append(
-                {
-                    "trial": trial,
-                    "seconds": seconds,
-                    "tokens_per_s": tokens / seconds,
-                    **tel.reading.as_row(),
-                }
-            )
-        return out
-
-    def _warm_up(self, system: Any, point: Point, prompts: PromptSource) -> None:
-        """Untimed runs of the point's own shape (first calls pay for allocations, kernels)."""
-        for i in range(self.cfg.experiment.warmup):
-            ids = prompts.window(point.prompt_tokens, 1000 + i, "warmup")
-            if point.stage == "prefill":
-                system.prefill(ids)
-            else:
-                system.decode(
-                    ids,
-                    min(16, point.decode_tokens),
-                    point.immediate_experts,
-                    point.deferred_experts,
-                )
+    def _throughput_line(self, point: Point, trials: list[dict[str, Any]]) -> str:
+        """``label  mean ± sd tokens/s (n, CV)``, flagged NOISY above the CV threshold."""
+        s = summarize(t["tokens_per_s"] for t in trials)
+        threshold = float(self.cfg.experiment.cv_threshold)
+        spread = f" ± {s.sd:.2f}" if s.n > 1 else ""
+        cv = f", CV {s.cv:.1%}" if s.n > 1 else ""
+        flag = f"  NOISY (CV > {threshold:.0%})" if s.noisy(threshold) else ""
+        self.summary.noisy += bool(flag)
+        return f"{self._describe(point):<36} {s.mean:>12.2f}{spread} tokens/s (n={s.n}{cv}){flag}"
 
     def _run_group(
         self,
@@ -214,8 +183,8 @@ class JobRunner:
         point0 = group[0][0]
         options = {**self.options, **point0.system_options}
         try:
-            cls = load_system_class(self.cfg.system.impl)
-            system = cls(options)
+            cls = system_class(self.cfg.system.name)
+            system: System = cls(options)
         except SystemUnavailable as exc:
             self._record_status(group, STATUS_NOT_RUN, _err_text(exc), spec, bar)
             return
@@ -233,9 +202,10 @@ class JobRunner:
                 return
             for point, pid in group:
                 bar.set_postfix_str(self._describe(point))
+                ctx = MeasureContext(self.cfg, prompts, self.run_dir, pid)
                 try:
-                    trials = self._measure(system, point, prompts, pid)
-                except (SystemUnavailable, accuracy.AccuracyNotRun) as exc:
+                    trials = stages.measure(system, point, ctx)
+                except (SystemUnavailable, AccuracyNotRun) as exc:
                     self._record_status([(point, pid)], STATUS_NOT_RUN, _err_text(exc), spec, bar)
                     continue
                 except Exception as exc:  # noqa: BLE001 - recorded as a failed point
@@ -254,8 +224,7 @@ class JobRunner:
                     score = trials[0]["score"]
                     self.summary.lines.append(f"{self._describe(point):<36} {score:>12.4f} score")
                 else:
-                    mean = sum(t["tokens_per_s"] for t in trials) / len(trials)
-                    self.summary.lines.append(f"{self._describe(point):<36} {mean:>12.2f} tokens/s")
+                    self.summary.lines.append(self._throughput_line(point, trials))
                 bar.update(1)
             # one entry per load (precision, variant): a later group must not overwrite
             # what an earlier one reported
@@ -271,10 +240,7 @@ class JobRunner:
     def run(self) -> JobSummary:
         """Plan, skip what is measured, measure the rest; returns how the points ended."""
         cfg = self.cfg
-        planner = PLANNERS.get(cfg.experiment.name)
-        if planner is None:
-            raise HmoeError(f"unknown experiment {cfg.experiment.name!r}")
-        points = planner(cfg)
+        points = experiment(cfg.experiment.name).plan(cfg)
         self.summary.planned = len(points)
         done = self.store.completed_points()
         todo = []
@@ -286,19 +252,12 @@ class JobRunner:
                 todo.append((point, pid))
         if not todo:
             return self.summary
-        provenance.record_job_start(
-            self.run_dir,
-            cfg.run,
-            cfg.mode.name,
-            cfg.profile.name,
-            self.job_name,
-            OmegaConf.to_container(cfg, resolve=True),
-        )
+        self._record_start()
         try:
             self._run_points(todo)
         finally:
             self.store.compact()
-            provenance.record_job_end(self.run_dir, self.job_name, self.system_facts)
+            provenance.record_job_end(self.run_dir, self.job_name, self.run_id, self.system_facts)
         return self.summary
 
     def _runnable_accuracy_points(self, todo: list[tuple[Point, str]]) -> list[tuple[Point, str]]:
@@ -318,6 +277,27 @@ class JobRunner:
             else:
                 self._record_status([(point, pid)], verdict[0], verdict[1], None)
         return runnable
+
+    def _record_start(self) -> None:
+        """Refuse a job that would mix configurations in this directory, then record it."""
+        cfg = self.cfg
+        identity = check_identity(
+            provenance.read_provenance(self.run_dir).get("identity"),
+            self.run_dir,
+            str(cfg.profile.name),
+            str(cfg.model.key),
+            model_source(cfg.model),
+        )
+        provenance.record_job_start(
+            self.run_dir,
+            run=cfg.run,
+            run_id=self.run_id,
+            mode=cfg.mode.name,
+            profile=cfg.profile.name,
+            job=self.job_name,
+            config=OmegaConf.to_container(cfg, resolve=True),
+            identity=identity,
+        )
 
     def _run_points(self, todo: list[tuple[Point, str]]) -> None:
         cfg = self.cfg

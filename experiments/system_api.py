@@ -1,19 +1,21 @@
 """The System protocol every measured system implements, and the registry that finds them.
 
 The experiment code only ever talks to a :class:`System`; it never knows whether it runs
-the bundled engine, the Fiddler baseline or llama.cpp. Systems are named in
-``conf/system/<name>.yaml`` by an ``impl: "module:Class"`` string and imported lazily, so
-a system whose optional dependency is missing fails with :class:`SystemUnavailable`
-(recorded as NOT RUN) instead of breaking the whole run.
+the bundled engine, the Fiddler baseline or llama.cpp. Systems are registered in
+:data:`SYSTEMS` by name (``conf/system/<name>.yaml`` holds their options) as lazy
+``"module:Class"`` strings, so a system whose optional dependency is missing fails with
+:class:`SystemUnavailable` (recorded as NOT RUN) instead of breaking the whole run. A new
+system is one module implementing :class:`System`, one entry here and one YAML file.
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
+
+from engine.registry import MissingDependency, Registry
 
 
 class SystemUnavailable(RuntimeError):
@@ -69,10 +71,12 @@ class Sampling:
 
 @dataclass(frozen=True)
 class PrefillTiming:
-    """One prefill forward: seconds of wall time for ``tokens`` prompt tokens."""
+    """One prefill forward: seconds of wall time for ``tokens`` prompt tokens; ``placement``:
+    where the routed experts ran per MoE layer, when the system reports it (engine)."""
 
     tokens: int
     seconds: float
+    placement: str | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,7 @@ class DecodeTiming:
     decode_tokens: int
     decode_seconds: float
     token_ids: tuple[int, ...] = ()
+    expert_cpu_util: float | None = None  # busy fraction of the CPU expert threads, if known
 
 
 @runtime_checkable
@@ -140,6 +145,19 @@ class System(Protocol):
         """Free the model and any device memory."""
 
 
+def require_top_k_routing(
+    system: str, top_k: int | None, immediate: int | None, deferred: int
+) -> None:
+    """SystemUnavailable unless the split asks for the model's plain top-k routing: for
+    systems without expert deferral (the baselines)."""
+    if deferred and deferred > 0:
+        raise SystemUnavailable(f"{system} has no expert deferral (deferred_experts > 0)")
+    if immediate is not None and top_k is not None and immediate != top_k:
+        raise SystemUnavailable(
+            f"{system} runs the model's top-{top_k} routing, not {immediate} experts"
+        )
+
+
 def encode_pair(
     encode: Callable[[str], list[int]],
     context: str,
@@ -166,30 +184,22 @@ def encode_pair(
     return ctx, whole[len(ctx) :]
 
 
-def load_system_class(impl: str) -> type:
-    """Import ``"module:Class"`` lazily; missing modules become :class:`SystemUnavailable`."""
-    if ":" not in impl:
-        raise ValueError(f"system impl must look like 'module:Class', got {impl!r}")
-    module_name, class_name = impl.split(":", 1)
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
-            why = f"{module_name} is not part of this version of hybrid-moe-ae"
-        else:
-            why = f"{module_name} needs the Python package {exc.name!r}, which is not installed"
-        raise SystemUnavailable(why) from exc
-    try:
-        return getattr(module, class_name)
-    except AttributeError as exc:
-        raise SystemUnavailable(f"{module_name!r} has no class {class_name!r}") from exc
+SYSTEMS = Registry(
+    "system",
+    {
+        "engine": "experiments.engine_system:EngineSystem",
+        "fiddler": "baselines.fiddler:FiddlerSystem",
+        "llamacpp": "baselines.llamacpp.system:LlamaCppSystem",
+        "llamacpp_best": "baselines.llamacpp.best:LlamaCppBestSystem",
+    },
+)
 
 
-def cut_at_stop(text: str, stops: Sequence[str]) -> str:
-    """``text`` up to the earliest occurrence of any stop string (all of it if none occurs)."""
-    cut = len(text)
-    for stop in stops:
-        at = text.find(stop)
-        if 0 <= at < cut:
-            cut = at
-    return text[:cut]
+def system_class(name: str) -> type[System]:
+    """The class of system ``name``; SystemUnavailable when its module cannot be imported
+    (a missing optional package), RegistryError for an unknown name."""
+    SYSTEMS.check(name)
+    try:
+        return SYSTEMS.load(name)
+    except MissingDependency as exc:
+        raise SystemUnavailable(str(exc)) from exc

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import pandas as pd
+import pytest
 
 
 def _assert_clean(proc, needle: str) -> None:
@@ -38,7 +38,7 @@ def test_unwritable_results_directory(hmoe, tmp_path):
     _assert_clean(proc, "not writable")
 
 
-def test_checkpoint_path_that_does_not_exist_is_recorded_and_reported(hmoe, tmp_path):
+def test_checkpoint_path_that_does_not_exist_fails_before_any_point(hmoe, tmp_path):
     missing = tmp_path / "no-such-model"
     proc = hmoe(
         "run",
@@ -49,17 +49,32 @@ def test_checkpoint_path_that_does_not_exist_is_recorded_and_reported(hmoe, tmp_
         "run=r",
         env={"QW2_SAFETENSORS": str(missing)},
     )
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     _assert_clean(proc, "checkpoint path does not exist")
-    df = pd.read_csv(tmp_path / "r" / "results.csv")
-    assert set(df["status"]) == {"failed"}
-    assert df["error"].str.contains("QW2_SAFETENSORS").all()
+    assert "QW2_SAFETENSORS" in proc.stderr
+    assert not (tmp_path / "r" / "results.csv").exists()
 
 
-def test_config_json_that_is_not_json(hmoe, tmp_path):
-    model = tmp_path / "broken"
+def _bad_checkpoint(tmp_path, config: str, weights: bool = True):
+    model = tmp_path / "model"
     model.mkdir()
-    (model / "config.json").write_text("{ this is not json")
+    (model / "config.json").write_text(config)
+    if weights:
+        (model / "model.safetensors").write_bytes(b"")
+    return model
+
+
+@pytest.mark.parametrize(
+    "config,weights,needle",
+    [
+        ("{ this is not json", True, "is not valid JSON"),
+        ('{"model_type": "deepseek_v3"}', True, "holds a deepseek_v3 model"),
+        ('{"model_type": "llama"}', True, "unsupported architecture"),
+        ('{"model_type": "qwen2_moe"}', False, "no *.safetensors"),
+    ],
+)
+def test_bad_checkpoint_directory_fails_before_any_point(hmoe, tmp_path, config, weights, needle):
+    model = _bad_checkpoint(tmp_path, config, weights)
     proc = hmoe(
         "run",
         "model=qw2",
@@ -68,8 +83,9 @@ def test_config_json_that_is_not_json(hmoe, tmp_path):
         f"results_root={tmp_path}",
         "run=r",
     )
-    assert proc.returncode == 1
-    _assert_clean(proc, "is not valid JSON")
+    assert proc.returncode == 2
+    _assert_clean(proc, needle)
+    assert not (tmp_path / "r" / "results.csv").exists()
 
 
 def test_bad_subcommand_and_report_usage(hmoe, tmp_path):
@@ -77,3 +93,29 @@ def test_bad_subcommand_and_report_usage(hmoe, tmp_path):
     proc = hmoe("report", str(tmp_path / "nothing-here"))
     assert proc.returncode == 2
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_misspelt_breakdown_variant_fails_at_config_time(hmoe, tmp_path):
+    for bad, needle in (("+x", "+x"), ("+v+m", "exactly one kernel"), ("+d+m", "as '+m+d'")):
+        proc = hmoe(
+            "run",
+            "experiment=breakdown",
+            f"experiment.prefill_variants=[base,'{bad}']",
+            f"results_root={tmp_path}",
+        )
+        assert proc.returncode == 2, (bad, proc.stdout, proc.stderr)
+        _assert_clean(proc, needle)
+    assert not (tmp_path / "fast" / "results.csv").exists()  # nothing was measured
+
+
+def test_unknown_system_option_fails_at_config_time(hmoe, tmp_path):
+    proc = hmoe(
+        "run", "system=engine", "+system.options.cpu_kernal=amx", f"results_root={tmp_path}"
+    )
+    assert proc.returncode == 2
+    _assert_clean(proc, "cpu_kernal")
+    proc = hmoe(
+        "run", "system=engine", "system.options.cpu_kernel=avx9", f"results_root={tmp_path}"
+    )
+    assert proc.returncode == 2
+    _assert_clean(proc, "avx9")

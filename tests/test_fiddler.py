@@ -24,7 +24,7 @@ from transformers import (
     Qwen2MoeConfig,
 )
 
-from baselines.fiddler import FiddlerConfig, FiddlerSystem, choose_token, cut_at_stop
+from baselines.fiddler import FiddlerConfig, FiddlerSystem
 from baselines.hf_placement import (
     LAYOUT_FUSED,
     LAYOUT_MODULE_LIST,
@@ -296,25 +296,6 @@ def test_generate_greedy_matches_decode_and_honours_stops(model_dirs):
     sampled = Sampling(max_new_tokens=6, temperature=1.0, top_p=0.9, seed=2025)
     assert system.generate(text, sampled) == system.generate(text, sampled)
     system.close()
-
-
-def test_choose_token_sampling_rules():
-    logits = torch.tensor([0.0, 5.0, 4.9, -1.0])
-    generator = torch.Generator().manual_seed(0)
-    assert choose_token(logits, Sampling(), generator) == 1
-    nucleus = Sampling(temperature=1.0, top_p=1e-6)
-    assert {choose_token(logits, nucleus, generator) for _ in range(20)} == {1}
-    wide = Sampling(temperature=1.0, top_p=0.9)
-    assert {choose_token(logits, wide, generator) for _ in range(200)} == {1, 2}
-    first = [choose_token(logits, wide, torch.Generator().manual_seed(7)) for _ in range(3)]
-    assert len(set(first)) == 1
-    with pytest.raises(ValueError, match="top_p"):
-        choose_token(logits, Sampling(temperature=1.0, top_p=0.0), generator)
-
-
-def test_cut_at_stop():
-    assert cut_at_stop("a\n\nb END c", ("END", "\n\n")) == ("a", True)
-    assert cut_at_stop("abc", ("x", "")) == ("abc", False)
 
 
 def test_config_validation_and_threads(model_dirs):

@@ -20,8 +20,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from baselines.llamacpp.gguf_export import export_gguf, export_gguf_cached, pre_tokenizer_name
 from engine.errors import UnsupportedModelError, WeightsError
-from engine.gguf_export import export_gguf, export_gguf_cached, pre_tokenizer_name
 from engine.loaders import gguf_names
 from engine.loaders.fp8 import quantize_fp8_block
 from engine.loaders.gguf_source import GGUFSource
@@ -625,9 +625,9 @@ def test_export_that_cannot_fit_fails_before_writing(models, exports, tmp_path, 
     planned size is the file's real size, and nothing is left behind."""
     from collections import namedtuple
 
-    from engine import disk_space
-    from engine.disk_space import DiskSpaceError
-    from engine.gguf_export import quantize_with_llamacpp
+    from baselines.llamacpp import disk_space
+    from baselines.llamacpp.disk_space import DiskSpaceError
+    from baselines.llamacpp.gguf_export import quantize_with_llamacpp
 
     real = exports("qwen2moe", "f16").stat().st_size
     usage = namedtuple("usage", "total used free")
@@ -660,7 +660,7 @@ def test_export_bad_out_type(models, tmp_path):
 
 # -- tokenizer metadata helpers -------------------------------------------------------------
 def test_pre_tokenizer_names():
-    from engine.gguf_export import QWEN2_PRE_REGEX
+    from baselines.llamacpp.gguf_export import QWEN2_PRE_REGEX
 
     qwen = {
         "pre_tokenizer": {

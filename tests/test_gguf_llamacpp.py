@@ -37,16 +37,16 @@ transformers = pytest.importorskip("transformers")
 from gguf import GGUFReader  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
-from baselines.llamacpp_placement import (  # noqa: E402
+from baselines.llamacpp.gguf_export import export_gguf, export_gguf_cached  # noqa: E402
+from baselines.llamacpp.placement import (  # noqa: E402
     Placement,
     buffers_from_log,
     overridden_tensors,
     plan_placement,
 )
-from baselines.llamacpp_runtime import LlamaCppError, LlamaCppModel  # noqa: E402
+from baselines.llamacpp.runtime import LlamaCppError, LlamaCppModel  # noqa: E402
 from engine.errors import UnsupportedModelError  # noqa: E402
 from engine.experts import make_expert_backend  # noqa: E402
-from engine.gguf_export import export_gguf, export_gguf_cached  # noqa: E402
 from engine.loaders import open_weights  # noqa: E402
 from engine.models import load_model  # noqa: E402
 from engine.synthetic import SyntheticRequest, ensure_synthetic_model  # noqa: E402

@@ -24,10 +24,10 @@ import pandas as pd
 import pytest
 import torch
 
-from baselines.llamacpp_bench import LlamaBench, bench_command, parse_jsonl
-from baselines.llamacpp_placement import INSTALL_HINT, plan_placement, resolve_extra_buffers
-from baselines.llamacpp_runtime import LlamaCppError
-from engine.child_process import child_env
+from baselines.llamacpp.bench import LlamaBench, bench_command, parse_jsonl
+from baselines.llamacpp.child_process import child_env
+from baselines.llamacpp.placement import INSTALL_HINT, plan_placement, resolve_extra_buffers
+from baselines.llamacpp.runtime import LlamaCppError
 from experiments.system_api import ModelSpec, Sampling, SystemUnavailable, encode_pair
 
 try:
@@ -61,7 +61,7 @@ def _hide_llama_cpp(monkeypatch) -> None:
 
 def test_missing_package_is_system_unavailable_with_install_commands(monkeypatch):
     _hide_llama_cpp(monkeypatch)
-    from baselines.llamacpp import LlamaCppSystem
+    from baselines.llamacpp.system import LlamaCppSystem
 
     with pytest.raises(SystemUnavailable) as info:
         LlamaCppSystem({"device": "cpu"})
@@ -97,7 +97,7 @@ def test_missing_package_points_are_not_run_and_the_run_goes_on(hmoe, tmp_path):
 
 
 def test_options_are_checked():
-    from baselines.llamacpp import LlamaCppConfig
+    from baselines.llamacpp.system import LlamaCppConfig
 
     assert LlamaCppConfig.from_mapping({"impl": "x", "name": "llamacpp"}) == LlamaCppConfig()
     with pytest.raises(ValueError, match="unknown llamacpp option"):
@@ -216,7 +216,7 @@ def test_llama_cpp_must_load_before_numpy():
     """A llama.cpp process that already has numpy (and not llama_cpp) refuses to go on."""
     code = (
         "import numpy\n"
-        "from engine.llamacpp_load_order import load_llama_cpp_first\n"
+        "from baselines.llamacpp.load_order import load_llama_cpp_first\n"
         "try:\n"
         "    load_llama_cpp_first()\n"
         "except RuntimeError as exc:\n"
@@ -274,7 +274,7 @@ def test_llama_bench_failure_surfaces_its_stderr(tmp_path):
 def test_bench_binary_needs_no_llama_cpp_python(monkeypatch, tmp_path):
     """A user's own llama-bench runs the points; generate needs llama-cpp-python."""
     _hide_llama_cpp(monkeypatch)
-    from baselines.llamacpp import LlamaCppSystem
+    from baselines.llamacpp.system import LlamaCppSystem
 
     exe = _fake_bench(tmp_path, [400_000_000, 200_000_000, 100_000_000])
     gguf = tmp_path / "model.gguf"
@@ -316,7 +316,7 @@ def tiny_qwen(model_cache: Path) -> ModelSpec:
 
 @pytest.fixture(scope="module")
 def system_int8(tiny_qwen):
-    from baselines.llamacpp import LlamaCppSystem
+    from baselines.llamacpp.system import LlamaCppSystem
 
     system = LlamaCppSystem({"device": "cpu", "threads": 2})
     system.load(tiny_qwen, "int8")
@@ -348,7 +348,7 @@ def test_slice_prefill_runs_every_layer_in_full(tiny_qwen, system_int8, tmp_path
     full export and gives the tokens the full model gives."""
     from dataclasses import replace
 
-    from baselines.llamacpp import LlamaCppSystem
+    from baselines.llamacpp.system import LlamaCppSystem
 
     sliced = replace(tiny_qwen, layers_run=4, layers_total=24)
     system = LlamaCppSystem({"device": "cpu", "threads": 2, "cache_dir": str(tmp_path)})
@@ -409,7 +409,7 @@ def test_generate_greedy_sampled_and_stop(system_int8):
 @needs_llama_cpp
 def test_loglikelihood_matches_the_engines_logits(tiny_qwen):
     """F32 file, F32 KV cache, no flash attention: llama.cpp's scores equal the engine's."""
-    from baselines.llamacpp import LlamaCppSystem
+    from baselines.llamacpp.system import LlamaCppSystem
     from engine.experts import make_expert_backend
     from engine.loaders import open_weights
     from engine.models import load_model
@@ -440,7 +440,7 @@ def test_loglikelihood_matches_the_engines_logits(tiny_qwen):
 
 @needs_llama_cpp
 def test_precisions_map_to_gguf_types(tiny_qwen, tmp_path):
-    from baselines.llamacpp import LlamaCppSystem
+    from baselines.llamacpp.system import LlamaCppSystem
 
     system = LlamaCppSystem({"device": "cpu", "full_precision": "bf16"})
     assert [system.gguf_type_for(p) for p in ("bf16", "fp16", "int8", "int4")] == [
@@ -497,7 +497,7 @@ def test_llama_cpp_runs_in_a_torch_free_worker(system_int8):
     llama.cpp's libraries load before numpy (the other order crashes its CUDA build)."""
     assert "torch" in sys.modules  # this (parent) process has torch
     modules = system_int8.model.modules()
-    assert "llama_cpp" in modules and "baselines.llamacpp_runtime" in modules
+    assert "llama_cpp" in modules and "baselines.llamacpp.runtime" in modules
     assert not [m for m in modules if m == "torch" or m.startswith("torch.")]
     assert modules.index("llama_cpp.llama_cpp") < modules.index("numpy")
     assert system_int8.model.pid != os.getpid()
@@ -505,8 +505,8 @@ def test_llama_cpp_runs_in_a_torch_free_worker(system_int8):
 
 @needs_llama_cpp
 def test_a_killed_worker_fails_the_call_and_the_next_load_starts_a_new_one(tiny_qwen):
-    from baselines.llamacpp import LlamaCppSystem
-    from baselines.llamacpp_remote import LlamaCppWorkerDied
+    from baselines.llamacpp.remote import LlamaCppWorkerDied
+    from baselines.llamacpp.system import LlamaCppSystem
 
     system = LlamaCppSystem({"device": "cpu", "threads": 1})
     try:
@@ -532,7 +532,7 @@ def test_a_killed_worker_fails_the_call_and_the_next_load_starts_a_new_one(tiny_
 
 @needs_llama_cpp
 def test_close_ends_the_worker(tiny_qwen):
-    from baselines.llamacpp import LlamaCppSystem
+    from baselines.llamacpp.system import LlamaCppSystem
 
     system = LlamaCppSystem({"device": "cpu", "threads": 1})
     worker = system.worker
@@ -546,8 +546,8 @@ def test_close_ends_the_worker(tiny_qwen):
 
 @needs_llama_cpp
 def test_quantizer_refusal_carries_its_reason(tmp_path):
+    from baselines.llamacpp.gguf_export import quantize_with_llamacpp
     from engine.errors import WeightsError
-    from engine.gguf_export import quantize_with_llamacpp
 
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"GGUF" + bytes(64))

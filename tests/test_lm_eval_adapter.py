@@ -17,7 +17,7 @@ from lm_eval.api.registry import get_model  # noqa: E402
 
 from engine.errors import EngineError  # noqa: E402
 from engine.synthetic import SyntheticRequest, ensure_synthetic_model  # noqa: E402
-from engine.system import EngineSystem  # noqa: E402
+from experiments.engine_system import EngineSystem  # noqa: E402
 from experiments.errors import HmoeError  # noqa: E402
 from experiments.lm_eval_adapter import HmoeLM, sample_seed  # noqa: E402
 from experiments.system_api import (  # noqa: E402
@@ -78,7 +78,7 @@ def request(kind: str, args: tuple, doc_id: int = 0) -> Instance:
 
 def manual_loglikelihood(system: EngineSystem, context: str, cont: str) -> tuple[float, bool]:
     """One full forward over context+continuation tokens; sum of logit - logsumexp(logits)."""
-    tok = system._tokenizer_for()
+    tok = system.engine.tokenizer
     ctx_ids = tok.encode(context).ids
     cont_ids = tok.encode(context + cont).ids[len(ctx_ids) :]
     assert cont_ids, "continuation must add tokens"
@@ -98,7 +98,7 @@ def test_registered_under_hmoe():
 
 
 def test_loglikelihood_equals_manual_logsumexp(engine):
-    tok = engine._tokenizer_for()
+    tok = engine.engine.tokenizer
     context = "Question: which planet is the largest?\nAnswer:"
     # A continuation that is the model's greedy next token (its text re-encodes to it).
     cache = engine.model.new_cache(64)
@@ -133,8 +133,8 @@ def test_encode_pair_follows_lm_eval():
 
 def test_empty_context_is_scored_after_an_end_of_text_token(engine):
     ((lp, _),) = engine.loglikelihood("", [" hello"])
-    eos = engine._eos[0]
-    ids = engine._tokenizer_for().encode(" hello").ids
+    eos = engine.engine.eos_ids[0]
+    ids = engine.engine.tokenizer.encode(" hello").ids
     cache = engine.model.new_cache(len(ids) + 1)
     logits = engine.model.forward(torch.tensor([eos, *ids]), cache, all_logits=True).double()
     want = sum(float(torch.log_softmax(logits[i], -1)[t]) for i, t in enumerate(ids))
@@ -263,3 +263,38 @@ def test_fiddler_refuses_deferral_and_scores_like_the_engine(tiny_dir, engine):
         assert_scores_close(got, engine.loglikelihood(ctx, conts), tol=1e-3)
     finally:
         fiddler.close()
+
+
+def test_hmoe_lm_eval_runs_lm_evals_cli_with_the_hmoe_model(hmoe, tiny_dir, tmp_path):
+    """lm-eval users' habit: `hmoe lm-eval --model hmoe ...` registers the model and the
+    task folder, so lm-eval's own CLI runs a project task on a tiny model."""
+    from experiments.accuracy_tasks import resolve_data_dir
+
+    data = resolve_data_dir(None)
+    if data is None:
+        pytest.skip("needs the evaluation data (HMOE_DATA_DIR)")
+    args = f"system=engine,model_path={tiny_dir},dtype=float32,threads=1,max_new_tokens_cap=8"
+    proc = hmoe(
+        "lm-eval",
+        "--model",
+        "hmoe",
+        "--model_args",
+        args,
+        "--device",
+        "cpu",
+        "--tasks",
+        "hmoe_strategy_qa",
+        "--limit",
+        "2",
+        "--output_path",
+        str(tmp_path / "out"),
+        env={"HMOE_DATA_DIR": str(data)},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "hmoe_strategy_qa" in proc.stdout and "score" in proc.stdout
+    assert list((tmp_path / "out").rglob("results_*.json"))
+    bad = hmoe(
+        "lm-eval", "--model", "hmoe", "--model_args", "system=nope,model_path=x",
+        "--tasks", "hmoe_strategy_qa", env={"HMOE_DATA_DIR": str(data)},
+    )  # fmt: skip
+    assert bad.returncode != 0 and "unknown system 'nope'" in bad.stdout + bad.stderr

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from baselines.llamacpp_placement import Placement
-from baselines.llamacpp_runtime import LlamaCppError
+from baselines.llamacpp.placement import Placement
+from baselines.llamacpp.runtime import LlamaCppError
 
 # llama-bench's JSONL fields kept as build/placement facts (provenance).
 FACT_FIELDS = (
@@ -92,6 +92,9 @@ class LlamaBench:
     placement: Placement
     repetitions: int = 3
     n_ubatch: int | None = None
+    # n_ubatch None: llama-bench's default micro-batch (the paper's), or, when this is set,
+    # the prompt length (one micro-batch per prefill: llama.cpp's best setting for op offload)
+    ubatch_is_prompt: bool = False
     timeout_s: float = 3600.0
     facts: dict[str, Any] = field(default_factory=dict)
     commands: list[str] = field(default_factory=list)
@@ -119,7 +122,7 @@ class LlamaBench:
             n_prompt=n_prompt,
             n_gen=n_gen,
             repetitions=self.repetitions,
-            n_ubatch=self.n_ubatch,
+            n_ubatch=n_prompt if self.ubatch_is_prompt and n_prompt > 0 else self.n_ubatch,
         )
         self.commands.append(" ".join(cmd))
         try:

@@ -13,13 +13,13 @@ tensor. ``vocab_limit`` V writes a timing copy: the first V rows of the embeddin
 output head and a byte-level stand-in vocabulary of V tokens (for prefill on layer slices,
 :mod:`baselines.llamacpp`). ``export_gguf_cached`` reuses an up-to-date export and writes
 new ones atomically; a file that cannot fit its disk fails before it is started
-(:mod:`engine.disk_space`).
+(:mod:`baselines.llamacpp.disk_space`).
 Q8_0/Q4_0 are quantized by llama.cpp's own ``llama_model_quantize`` (from the F16 export)
 when llama-cpp-python is installed, else by gguf-py; that runs in a torch-free child
-process (:mod:`engine.llamacpp_quantize`; :class:`LlamaCppLog`, re-exported here, lives in
-:mod:`engine.llamacpp_log`). ``main`` is ``hmoe export-gguf``.
-The vocabulary part lives in :mod:`engine.gguf_vocab`, the hyperparameter keys in
-:mod:`engine.gguf_hparams`.
+process (:mod:`baselines.llamacpp.quantize`; :class:`LlamaCppLog`, re-exported here, lives in
+:mod:`baselines.llamacpp.log`). ``main`` is ``hmoe export-gguf``.
+The vocabulary part lives in :mod:`baselines.llamacpp.gguf_vocab`, the hyperparameter keys in
+:mod:`baselines.llamacpp.gguf_hparams`.
 """
 
 from __future__ import annotations
@@ -48,17 +48,17 @@ from gguf.quants import quant_shape_to_byte_shape, quantize
 from safetensors import safe_open
 from tqdm import tqdm
 
-from engine.disk_space import require_free_space
-from engine.errors import UnsupportedModelError, WeightsError
-from engine.gguf_hparams import write_deepseek2, write_qwen2moe
-from engine.gguf_vocab import (
+from baselines.llamacpp.disk_space import require_free_space
+from baselines.llamacpp.gguf_hparams import write_deepseek2, write_qwen2moe
+from baselines.llamacpp.gguf_vocab import (
     QWEN2_PRE_REGEX,
     STAND_IN_MIN_VOCAB,
     pre_tokenizer_name,
     write_vocab,
 )
-from engine.llamacpp_log import LlamaCppLog
-from engine.llamacpp_quantize import LLAMA_FTYPES, quantize_with_llamacpp
+from baselines.llamacpp.log import LlamaCppLog
+from baselines.llamacpp.quantize import LLAMA_FTYPES, quantize_with_llamacpp
+from engine.errors import UnsupportedModelError, WeightsError
 from engine.loaders import gguf_names as names
 from engine.loaders.fp8 import SCALE_SUFFIX, block_size_from_config, dequant_fp8_block
 

@@ -5,7 +5,7 @@ linear or YaRN, with DeepSeek's ``mscale_all_dim`` as ``rope.scaling.yarn_log_mu
 Qwen2-MoE's shared-expert size, DeepSeek's MLA ranks and sizes (or the legacy fused
 ``kv_b`` layout), gating function, routed scaling and expert groups. A configuration that
 llama.cpp cannot express raises :class:`engine.errors.UnsupportedModelError` here, before
-llama.cpp could abort the process on it. Used by :mod:`engine.gguf_export`.
+llama.cpp could abort the process on it. Used by :mod:`baselines.llamacpp.gguf_export`.
 """
 
 from __future__ import annotations

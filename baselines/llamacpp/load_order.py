@@ -4,7 +4,7 @@ On the GPU host (llama-cpp-python 0.3.36 built with CUDA sm_90 + native CPU, num
 scipy-openblas, Python 3.12) every model load segfaults in ``llama_model::print_info`` when
 numpy was imported before ``llama_cpp``; imported after it, the same load runs. torch
 imports numpy, which is how it first showed (and why llama.cpp runs in its own process,
-:mod:`baselines.llamacpp_worker`, since the harness has both loaded long before). Those
+:mod:`baselines.llamacpp.worker`, since the harness has both loaded long before). Those
 processes call :func:`load_llama_cpp_first` before any import that could load numpy.
 Standard library only.
 """
@@ -27,7 +27,7 @@ def load_llama_cpp_first() -> None:
     if "numpy" in sys.modules:
         raise RuntimeError(
             "numpy was imported before llama_cpp in a llama.cpp process; llama.cpp's CUDA "
-            "build crashes on load in that order (see engine.llamacpp_load_order)"
+            "build crashes on load in that order (see baselines.llamacpp.load_order)"
         )
     with contextlib.suppress(ImportError, OSError, RuntimeError):
         import llama_cpp  # noqa: F401

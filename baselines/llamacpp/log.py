@@ -1,7 +1,7 @@
 """Capture llama.cpp's log lines so that its refusals can carry their reason (torch-free).
 
 Imported by the processes that load llama.cpp's libraries, which must import llama_cpp
-before numpy (:mod:`engine.llamacpp_load_order`) and never torch: keep this module's
+before numpy (:mod:`baselines.llamacpp.load_order`) and never torch: keep this module's
 imports to the standard library and ``llama_cpp``.
 """
 

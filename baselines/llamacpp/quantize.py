@@ -1,8 +1,8 @@
 """Quantize a GGUF with llama.cpp's own ``llama_model_quantize``, in a child process.
 
 llama.cpp's CUDA build crashes in a process that imported numpy before llama_cpp
-(:mod:`engine.llamacpp_load_order`), and the harness has numpy and torch loaded, so
-:func:`quantize_with_llamacpp` runs ``python -m engine.llamacpp_quantize SRC DST TYPE
+(:mod:`baselines.llamacpp.load_order`), and the harness has numpy and torch loaded, so
+:func:`quantize_with_llamacpp` runs ``python -m baselines.llamacpp.quantize SRC DST TYPE
 THREADS``, which imports nothing but ``llama_cpp`` (first) and the standard library. A
 refusal exits with :data:`REFUSED` after printing llama.cpp's reason on a
 ``REASON_PREFIX`` line of stderr; the parent raises WeightsError with it.
@@ -16,11 +16,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from engine.child_process import child_env, describe_exit, module_command
-from engine.disk_space import require_free_space
+from baselines.llamacpp.child_process import child_env, describe_exit, module_command
+from baselines.llamacpp.disk_space import require_free_space
+from baselines.llamacpp.load_order import load_llama_cpp_first
+from baselines.llamacpp.log import LlamaCppLog
 from engine.errors import WeightsError
-from engine.llamacpp_load_order import load_llama_cpp_first
-from engine.llamacpp_log import LlamaCppLog
 
 LLAMA_FTYPES = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0"}
 # bytes per F16 byte of the source (Q8_0: 34 bytes per 32 weights; Q4_0: 18, with the

@@ -1,6 +1,6 @@
-"""The harness's handle on a :mod:`baselines.llamacpp_worker` process, where llama.cpp runs.
+"""The harness's handle on a :mod:`baselines.llamacpp.worker` process, where llama.cpp runs.
 
-:class:`LlamaCppWorker` starts ``python -m baselines.llamacpp_worker`` (a fresh interpreter:
+:class:`LlamaCppWorker` starts ``python -m baselines.llamacpp.worker`` (a fresh interpreter:
 it inherits nothing the harness imported), sends it requests over a socket pair and
 raises its errors here as LlamaCppError, SystemUnavailable, ValueError or RuntimeError.
 When the process dies (a segfault in llama.cpp, a kill), the request in flight and every
@@ -16,12 +16,12 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from baselines.llamacpp_placement import Placement
-from baselines.llamacpp_runtime import LlamaCppError
-from engine.child_process import child_env, describe_exit, module_command
+from baselines.llamacpp.child_process import child_env, describe_exit, module_command
+from baselines.llamacpp.placement import Placement
+from baselines.llamacpp.runtime import LlamaCppError
 from experiments.system_api import SystemUnavailable
 
-WORKER_MODULE = "baselines.llamacpp_worker"
+WORKER_MODULE = "baselines.llamacpp.worker"
 CLOSE_TIMEOUT_S = 5.0  # a worker that does not exit this long after close() is killed
 _ERRORS: dict[str, type[Exception]] = {
     "LlamaCppError": LlamaCppError,

@@ -1,14 +1,14 @@
 """A llama.cpp model driven through llama-cpp-python's C API, as llama-bench drives it.
 
-Loads a GGUF with a :class:`~baselines.llamacpp_placement.Placement` (llama.cpp's log
+Loads a GGUF with a :class:`~baselines.llamacpp.placement.Placement` (llama.cpp's log
 captured, so a refusal carries its reason), keeps one context sized for the request at
 hand (recreated when a prompt needs a larger context or another micro-batch size), and
 runs ``llama_decode`` on a preallocated ``llama_batch`` so that timed regions contain
 llama.cpp's work and not Python's: the batch is filled before the clock starts. Also
 tokenizes, detokenizes and samples with llama.cpp's own vocabulary and samplers.
 
-Runs in :mod:`baselines.llamacpp_worker`'s process, which imports llama_cpp before numpy
-(:mod:`engine.llamacpp_load_order`) and never torch: nothing imported here may import torch.
+Runs in :mod:`baselines.llamacpp.worker`'s process, which imports llama_cpp before numpy
+(:mod:`baselines.llamacpp.load_order`) and never torch: nothing imported here may import torch.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from baselines.llamacpp_placement import (
+from baselines.llamacpp.log import LlamaCppLog
+from baselines.llamacpp.placement import (
     Ggml,
     Placement,
     import_llama_cpp,
@@ -28,7 +29,6 @@ from baselines.llamacpp_placement import (
     resolve_extra_buffers,
 )
 from engine.errors import EngineError
-from engine.llamacpp_log import LlamaCppLog
 
 _BACKEND_READY = False
 KV_TYPES = {"f32": 0, "f16": 1, "bf16": 30, "q8_0": 8}  # ggml_type of the KV cache (-ctk/-ctv)

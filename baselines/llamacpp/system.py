@@ -4,20 +4,20 @@ The model file is the configured GGUF for the point's precision (``ModelSpec.ggu
 from QW2_GGUF_F16) or an export of the safetensors directory (cached beside the model):
 full precision (the harness's ``bf16``) is GGUF F16 (BF16 with ``full_precision: bf16``),
 ``int8`` is Q8_0 and ``int4`` is Q4_0, quantized by llama.cpp itself. Placement as in the
-paper's baseline (see :mod:`baselines.llamacpp_placement`). Measurement as llama-bench:
+paper's baseline (see :mod:`baselines.llamacpp.placement`). Measurement as llama-bench:
 a prefill is one ``llama_decode`` of the whole prompt (n_batch = n_ubatch = prompt length
 unless ``n_ubatch`` is set) from an empty KV cache; a decode prefills the prompt, then
 runs single-token ``llama_decode`` steps, each fed the argmax of the previous logits. The
 harness's real-text prompt ids are used (llama-bench would feed random ids). With
-``bench_binary`` a llama-bench executable is run instead (:mod:`baselines.llamacpp_bench`).
+``bench_binary`` a llama-bench executable is run instead (:mod:`baselines.llamacpp.bench`).
 ``generate`` and ``loglikelihood`` run on the same loaded model with llama.cpp's own
 tokenizer and sampler chain (llama-cpp-python's ``Llama`` class cannot take tensor
 buffer overrides, and a second load would double the memory).
 
 llama.cpp never runs in the harness's process: its CUDA build crashes on load in a process
-that imported numpy first (:mod:`engine.llamacpp_load_order`), as the harness (numpy,
+that imported numpy first (:mod:`baselines.llamacpp.load_order`), as the harness (numpy,
 torch) always has, so the model lives in a torch-free worker process
-(:mod:`baselines.llamacpp_worker`, driven through :mod:`baselines.llamacpp_remote`) that
+(:mod:`baselines.llamacpp.worker`, driven through :mod:`baselines.llamacpp.remote`) that
 times its own llama.cpp calls; GGUF quantization runs in a child of its own too. A worker
 that dies fails the call in flight with a RuntimeError, and the next load starts a new one.
 
@@ -25,7 +25,7 @@ Options (conf/system/llamacpp.yaml): ``device`` auto|cpu|cuda, ``threads`` (null
 physical cores), ``kv_on_cpu``, ``n_ubatch`` (null = prompt length), ``kv_type`` (KV cache
 type, -ctk/-ctv), ``flash_attn`` (null = llama.cpp's auto), ``use_mmap``, ``op_offload`` (false =
 --no-op-offload: large batches' expert matmuls stay on the CPU), ``extra_buffers`` (weight
-repacking, --no-repack when false; null = auto, see :mod:`baselines.llamacpp_placement`),
+repacking, --no-repack when false; null = auto, see :mod:`baselines.llamacpp.placement`),
 ``cpu_tensors`` (regexes kept in CPU memory on a GPU), ``full_precision`` f16|bf16,
 ``quantizer`` auto|llama.cpp|gguf-py, ``cache_dir`` (null = beside the model),
 ``bench_binary``, ``bench_repetitions``, ``slice_prefill_vocab``.
@@ -34,7 +34,7 @@ Prefill on a layer slice: llama.cpp computes the last layer's feed-forward (the 
 for the tokens whose logits are wanted (``inp_out_ids``), one in a prefill. In a full
 model that saves 1 layer in 28 to 61; in a 1-layer slice it skips every expert. So on a
 slice the prefill runs on a timing copy of the same weights with a ``slice_prefill_vocab``
-(V) row head and stand-in vocabulary (:func:`engine.gguf_export.export_gguf_cached`'s
+(V) row head and stand-in vocabulary (:func:`baselines.llamacpp.gguf_export.export_gguf_cached`'s
 ``vocab_limit``), every token's logits wanted (prompt ids taken modulo V): all layers run
 in full, as the engine's do, and the V-row head over the prompt costs little. Decode,
 generate and loglikelihood run on the full export; the system swaps the loaded file when
@@ -49,19 +49,25 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from baselines.llamacpp_bench import LlamaBench
-from baselines.llamacpp_placement import INSTALL_HINT, Placement, cpu_features, plan_placement
-from baselines.llamacpp_remote import LlamaCppWorker, LlamaCppWorkerDied
-from baselines.llamacpp_runtime import KV_TYPES, LlamaCppError
-from engine.gguf_export import OUT_TYPES, QUANTIZERS, export_gguf_cached, llamacpp_importable
-from engine.gguf_vocab import STAND_IN_MIN_VOCAB
-from engine.system import cut_at_stop
+from baselines.llamacpp.bench import LlamaBench
+from baselines.llamacpp.gguf_export import (
+    OUT_TYPES,
+    QUANTIZERS,
+    export_gguf_cached,
+    llamacpp_importable,
+)
+from baselines.llamacpp.gguf_vocab import STAND_IN_MIN_VOCAB
+from baselines.llamacpp.placement import INSTALL_HINT, Placement, cpu_features, plan_placement
+from baselines.llamacpp.remote import LlamaCppWorker, LlamaCppWorkerDied
+from baselines.llamacpp.runtime import KV_TYPES, LlamaCppError
+from engine.stops import cut_at_stop
 from experiments.system_api import (
     DecodeTiming,
     ModelSpec,
     PrefillTiming,
     Sampling,
     SystemUnavailable,
+    require_top_k_routing,
 )
 
 # harness precision -> GGUF type ("bf16" is the harness's name for full precision)
@@ -131,6 +137,11 @@ class LlamaCppSystem:
     """System ``llamacpp``: llama.cpp with routed experts in CPU memory (see module docstring)."""
 
     name = "llamacpp"
+
+    @classmethod
+    def check_options(cls, cfg: Mapping[str, Any] | None) -> None:
+        """ValueError naming an unknown key or a bad value of ``cfg`` (config time)."""
+        LlamaCppConfig.from_mapping(cfg)
 
     def __init__(self, cfg: Mapping[str, Any] | None = None) -> None:
         self.config = LlamaCppConfig.from_mapping(cfg)
@@ -289,13 +300,7 @@ class LlamaCppSystem:
         return self.model
 
     def _check_experts(self, immediate: int | None, deferred: int) -> None:
-        if deferred and deferred > 0:
-            raise SystemUnavailable("llama.cpp has no expert deferral")
-        if immediate is not None and self.top_k is not None and immediate != self.top_k:
-            raise SystemUnavailable(
-                f"llama.cpp runs all top-{self.top_k} experts; "
-                f"immediate_experts={immediate} is not available"
-            )
+        require_top_k_routing("llama.cpp", self.top_k, immediate, deferred)
 
     # -- measuring ---------------------------------------------------------------------------
     def prefill(self, prompt_ids: list[int]) -> PrefillTiming:

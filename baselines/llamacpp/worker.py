@@ -2,10 +2,10 @@
 connection.
 
 llama.cpp's CUDA build crashes on load (a segfault in ``llama_model::print_info``) in a process
-that imported numpy before llama_cpp (:mod:`engine.llamacpp_load_order`), and the harness
+that imported numpy before llama_cpp (:mod:`baselines.llamacpp.load_order`), and the harness
 has numpy and torch loaded long before, so everything that loads llama.cpp's libraries runs
 here, where llama_cpp is imported first. Started by
-:mod:`baselines.llamacpp_remote` as ``python -m baselines.llamacpp_worker FD``; FD is this
+:mod:`baselines.llamacpp.remote` as ``python -m baselines.llamacpp.worker FD``; FD is this
 end of a socket pair carrying :class:`multiprocessing.connection.Connection` messages.
 A request is ``(op, kwargs)``; the answer ``("ok", value)`` or ``("error", kind, message)``
 with kind one of :data:`ERROR_KINDS` (anything else is sent as ``RuntimeError``). Values
@@ -26,20 +26,20 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from engine.llamacpp_load_order import load_llama_cpp_first
+from baselines.llamacpp.load_order import load_llama_cpp_first
 
 load_llama_cpp_first()  # before anything below loads numpy
 
 import numpy as np  # noqa: E402
 
-from baselines.llamacpp_placement import (  # noqa: E402
+from baselines.llamacpp.placement import (  # noqa: E402
     Ggml,
     Placement,
     buffers_from_log,
     import_llama_cpp,
     overridden_tensors,
 )
-from baselines.llamacpp_runtime import LlamaCppError, LlamaCppModel  # noqa: E402
+from baselines.llamacpp.runtime import LlamaCppError, LlamaCppModel  # noqa: E402
 from experiments.system_api import SystemUnavailable, encode_pair  # noqa: E402
 
 SCORING_UBATCH = 512  # micro-batch for untimed work (generate, loglikelihood): llama.cpp's default

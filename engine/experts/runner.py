@@ -1,54 +1,135 @@
-"""The model's hook for routed experts: ExpertRunner, the default immediate runner, top-k splits.
+"""How a MoE layer runs its routed experts: the ExpertRunner hook and the immediate runner.
 
-Extension point: every MoE layer of a loaded model calls
-``model.expert_runner(layer_idx, hidden, expert_ids, weights)`` with device tensors
-(``hidden[T, H]`` in the model dtype, ``expert_ids[T, k]`` int64 ranked best first,
-``weights[T, k]``) and adds the returned ``[T, H]`` (same device and dtype as ``hidden``) to
-the shared-expert output. Any callable with that signature can be installed by assigning
-``model.expert_runner``; the model code does not change. The default,
-:class:`ImmediateExpertRunner`, moves hidden/ids/weights to the CPU once, runs all k
-experts on the backend, and moves the result back once. A deferring runner (runtime issue)
-uses :func:`split_topk` to run the first ``j`` slots now and hand the rest (ids set to -1
-elsewhere) to the CPU to finish while the GPU runs the next layer, adding that output later.
+Every MoE layer of a model calls ``runner.begin(layer_idx, hidden, expert_ids, weights)``
+right after its router (device tensors: ``hidden[T, H]`` in the model dtype, ``expert_ids``
+``[T, k]`` int64 ranked best first, ``weights[T, k]``), then computes its shared expert on
+the model device, then calls ``runner.finish(layer_idx)`` for the routed output (same
+device and dtype as ``hidden``). Between the two, the CPU backend can work while the device
+computes the shared expert. ``start_pass()`` is called once at the start of every forward.
+
+:class:`ImmediateExpertRunner` runs all k experts of the layer: inputs staged into
+caller-owned (pinned, on a GPU) host buffers, one backend submission, one copy back.
+:mod:`engine.experts.deferral` adds runners that defer some experts to the next layer.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
+from engine.errors import EngineError
 from engine.experts.backend import ExpertBackend
+from engine.experts.host_buffers import HostBuffers
 
 
 class ExpertRunner(Protocol):
-    """What a MoE layer calls for its routed experts (see module docstring)."""
+    """What a MoE layer calls for its routed experts (see the module docstring)."""
 
-    def __call__(
+    def start_pass(self) -> None: ...
+
+    def begin(
         self,
         layer_idx: int,
         hidden: torch.Tensor,
         expert_ids: torch.Tensor,
         weights: torch.Tensor,
-    ) -> torch.Tensor: ...
+    ) -> None: ...
+
+    def finish(self, layer_idx: int) -> torch.Tensor: ...
+
+
+@dataclass
+class Submission:
+    """One backend submission: its ticket, the host ``out`` it writes, and the tensors it
+    reads (kept alive until it is synced) plus ``like`` (the device and dtype of results)."""
+
+    ticket: int
+    out: torch.Tensor
+    like: torch.Tensor
+    inputs: tuple[torch.Tensor, ...]
+
+
+class StagedCalls:
+    """Moves a layer's inputs to host buffers and submits them; one set of buffers per
+    ``slot`` so that a call still running on the CPU is never overwritten."""
+
+    def __init__(self, backend: ExpertBackend, hidden_size: int, top_k: int, slots: int) -> None:
+        self.backend = backend
+        self.hidden_size, self.top_k, self.slots = hidden_size, top_k, slots
+        self._buffers: list[HostBuffers] = []
+
+    def _buffers_for(self, hidden: torch.Tensor) -> list[HostBuffers]:
+        pin = hidden.device.type == "cuda"
+        if (
+            not self._buffers
+            or self._buffers[0].dtype != hidden.dtype
+            or (self._buffers[0].pin != pin)
+        ):
+            self._buffers = [
+                HostBuffers(self.hidden_size, self.top_k, hidden.dtype, pin)
+                for _ in range(self.slots)
+            ]
+        return self._buffers
+
+    def submit(
+        self,
+        slot: int,
+        layer_idx: int,
+        hidden: torch.Tensor,
+        expert_ids: torch.Tensor,
+        weights: torch.Tensor,
+    ) -> Submission:
+        """Stage the inputs (a GPU's by async copies, then one stream sync) and submit."""
+        buffers = self._buffers_for(hidden)[slot]
+        if hidden.device.type == "cpu":
+            h = hidden.contiguous()
+            ids = expert_ids.contiguous()
+            w = weights.to(torch.float32).contiguous()
+            out = buffers.output(int(h.shape[0]))
+        else:
+            h, ids, w, out = buffers.stage(hidden, expert_ids, weights.to(torch.float32))
+            torch.cuda.current_stream(hidden.device).synchronize()
+        ticket = self.backend.submit(layer_idx, h, ids, w, out)
+        return Submission(ticket, out, hidden, (h, ids, w))
+
+
+def to_device(out: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A host result onto ``like``'s device, in memory that does not alias host buffers."""
+    if like.device.type == "cpu":
+        return out.clone()
+    return out.to(like.device, non_blocking=True)
 
 
 class ImmediateExpertRunner:
-    """Runs all of a token's top-k experts now: one copy to the CPU, one copy back."""
+    """Runs all of a token's top-k experts now: one staged submission, one copy back."""
 
-    def __init__(self, backend: ExpertBackend) -> None:
+    def __init__(self, backend: ExpertBackend, hidden_size: int, top_k: int) -> None:
         self.backend = backend
+        self.calls = StagedCalls(backend, hidden_size, top_k, slots=1)
+        self._pending: dict[int, Submission] = {}
 
-    def __call__(
+    def start_pass(self) -> None:
+        for sub in self._pending.values():
+            self.backend.sync(sub.ticket)
+        self._pending.clear()
+
+    def begin(
         self,
         layer_idx: int,
         hidden: torch.Tensor,
         expert_ids: torch.Tensor,
         weights: torch.Tensor,
-    ) -> torch.Tensor:
-        cpu = torch.device("cpu")
-        out = self.backend.forward(layer_idx, hidden.to(cpu), expert_ids.to(cpu), weights.to(cpu))
-        return out.to(hidden.device)
+    ) -> None:
+        self._pending[layer_idx] = self.calls.submit(0, layer_idx, hidden, expert_ids, weights)
+
+    def finish(self, layer_idx: int) -> torch.Tensor:
+        sub = self._pending.pop(layer_idx, None)
+        if sub is None:
+            raise EngineError(f"expert runner: finish({layer_idx}) without begin")
+        self.backend.sync(sub.ticket)
+        return to_device(sub.out, sub.like)
 
 
 def split_topk(expert_ids: torch.Tensor, n_now: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from engine.models.attention_math import causal_attention
 from engine.models.layers import Linear
@@ -46,3 +47,28 @@ class GQAAttention:
             q.transpose(0, 1), cache.k[:, :end], cache.v[:, :end], self.scale, start
         )
         return self.o_proj(out.transpose(0, 1).reshape(t, self.num_heads * self.head_dim))
+
+    def decode_at(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: GQALayerCache,
+        position: torch.Tensor,
+        visible: torch.Tensor,
+    ) -> torch.Tensor:
+        """One token ``x[1, H]`` at device ``position[1]``; attends over the whole static
+        cache with ``visible[max_seq]`` (keys <= position) as the mask, so every shape is
+        fixed and the step can be captured in a CUDA Graph."""
+        q = self.q_proj(x).view(1, self.num_heads, self.head_dim)
+        k = self.k_proj(x).view(1, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(1, self.num_kv_heads, self.head_dim)
+        q = apply_rope(q, cos, sin, interleaved=False)
+        k = apply_rope(k, cos, sin, interleaved=False)
+        cache.k.index_copy_(1, position, k.transpose(0, 1))
+        cache.v.index_copy_(1, position, v.transpose(0, 1))
+        out = F.scaled_dot_product_attention(
+            q.transpose(0, 1), cache.k, cache.v, attn_mask=visible[None, :], scale=self.scale,
+            enable_gqa=self.num_heads != self.num_kv_heads,
+        )  # fmt: skip
+        return self.o_proj(out.transpose(0, 1).reshape(1, self.num_heads * self.head_dim))

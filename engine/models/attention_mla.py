@@ -121,3 +121,37 @@ class MLAAttention:
             context = probs @ latents
             outs.append(torch.einsum("htr,hvr->thv", context, w_v))
         return torch.cat(outs, dim=0)
+
+    def decode_at(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: MLALayerCache,
+        position: torch.Tensor,
+        visible: torch.Tensor,
+    ) -> torch.Tensor:
+        """One token at device ``position[1]`` in the weight-absorbed form over the whole
+        static latent cache, masked by ``visible[max_seq]`` (fixed shapes: graph-capturable)."""
+        if self.q_proj is not None:
+            q = self.q_proj(x)
+        else:
+            assert self.q_a_proj is not None and self.q_a_norm is not None
+            assert self.q_b_proj is not None
+            q = self.q_b_proj(self.q_a_norm(self.q_a_proj(x)))
+        q = q.view(1, self.num_heads, self.nope_dim + self.rope_dim)
+        q_nope, q_pe = q.split([self.nope_dim, self.rope_dim], dim=-1)
+        latent, k_pe = self.kv_a_proj(x).split([self.kv_lora_rank, self.rope_dim], dim=-1)
+        latent = self.kv_a_norm(latent)
+        q_pe = apply_rope(q_pe, cos, sin, self.interleaved)
+        k_pe = apply_rope(k_pe[:, None, :], cos, sin, self.interleaved)[:, 0]
+        cache.latent.index_copy_(0, position, latent)
+        cache.rope.index_copy_(0, position, k_pe)
+        w = self.kv_b_proj.weight.view(self.num_heads, self.nope_dim + self.v_dim, -1)
+        w_k, w_v = w[:, : self.nope_dim], w[:, self.nope_dim :]
+        q_lat = torch.einsum("thd,hdr->htr", q_nope, w_k)
+        scores = q_lat @ cache.latent.T + q_pe.transpose(0, 1) @ cache.rope.T
+        scores = (scores.to(torch.float32) * self.scale).masked_fill(~visible, float("-inf"))
+        probs = torch.softmax(scores, dim=-1).to(cache.latent.dtype)
+        out = torch.einsum("htr,hvr->thv", probs @ cache.latent, w_v)
+        return self.o_proj(out.reshape(1, self.num_heads * self.v_dim))

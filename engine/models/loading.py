@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from engine.errors import WeightsError
-from engine.experts.backend import ExpertBackend
+from engine.experts.backend import ExpertBackend, StackedExperts
 from engine.loaders.base import WeightSource
 from engine.models.attention_gqa import GQAAttention
 from engine.models.attention_mla import MLAAttention
@@ -197,11 +197,17 @@ def _moe(fetch: TensorFetcher, c: ModelConfig, i: int, backend: ExpertBackend) -
 
 
 def _load_experts(fetch: TensorFetcher, c: ModelConfig, i: int, backend: ExpertBackend) -> None:
-    h, inter = c.hidden_size, c.moe_intermediate_size
-    gate, up, down = [], [], []
-    for e in range(c.num_experts):
-        p = f"model.layers.{i}.mlp.experts.{e}"
-        gate.append(fetch.cpu(f"{p}.gate_proj.weight", (inter, h)))
-        up.append(fetch.cpu(f"{p}.up_proj.weight", (inter, h)))
-        down.append(fetch.cpu(f"{p}.down_proj.weight", (h, inter)))
-    backend.prepare(i, gate, up, down)
+    """Read layer ``i``'s experts straight into one stacked ``gate_up``/``down`` pair (in the
+    checkpoint's dtype, process memory) and hand them to the backend."""
+    h, inter, e = c.hidden_size, c.moe_intermediate_size, c.num_experts
+    p = f"model.layers.{i}.mlp.experts"
+    first = fetch.cpu(f"{p}.0.gate_proj.weight", (inter, h))
+    gate_up = torch.empty((e, 2 * inter, h), dtype=first.dtype)
+    down = torch.empty((e, h, inter), dtype=first.dtype)
+    for n in range(e):
+        gate_up[n, :inter].copy_(
+            first if n == 0 else fetch.cpu(f"{p}.{n}.gate_proj.weight", (inter, h))
+        )
+        gate_up[n, inter:].copy_(fetch.cpu(f"{p}.{n}.up_proj.weight", (inter, h)))
+        down[n].copy_(fetch.cpu(f"{p}.{n}.down_proj.weight", (h, inter)))
+    backend.prepare(i, StackedExperts(gate_up, down))

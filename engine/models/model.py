@@ -39,13 +39,30 @@ class DecoderLayer:
         h = self.post_attention_norm(x)
         return x + (self.mlp(h, runner) if isinstance(self.mlp, MoEBlock) else self.mlp(h))
 
+    def step(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache_layer,  # noqa: ANN001
+        position: torch.Tensor,
+        visible: torch.Tensor,
+        runner: ExpertRunner,
+    ) -> torch.Tensor:
+        """One decode token with static shapes (see the attention's ``decode_at``)."""
+        h = self.input_norm(x)
+        x = x + self.attention.decode_at(h, cos, sin, cache_layer, position, visible)
+        h = self.post_attention_norm(x)
+        return x + (self.mlp(h, runner) if isinstance(self.mlp, MoEBlock) else self.mlp(h))
+
 
 class MoECausalLM:
     """A loaded model (one sequence at a time); routed experts live in ``expert_backend``.
 
-    ``expert_runner`` is the extension point for routed experts: every MoE layer calls
-    ``self.expert_runner(layer_idx, hidden, expert_ids, weights)``; replace it to schedule
-    experts differently (e.g. defer some of the top-k) without changing model code.
+    ``expert_runner`` is the extension point for routed experts (engine.experts.runner):
+    every MoE layer starts its routed experts through it and collects them after its shared
+    expert. Install another runner only for a block of code, with
+    :func:`engine.experts.deferral.expert_split`, which restores the previous one.
     """
 
     def __init__(
@@ -65,9 +82,13 @@ class MoECausalLM:
         self.norm = norm
         self.lm_head = lm_head
         self.expert_backend = expert_backend
-        self.expert_runner: ExpertRunner = ImmediateExpertRunner(expert_backend)
+        self.expert_runner: ExpertRunner = ImmediateExpertRunner(
+            expert_backend, config.hidden_size, config.top_k
+        )
         self.device = device
         self.dtype = dtype
+        self.max_tokens_per_forward = 8192  # runners with fixed buffers size them by this
+        self.runners: dict[int, ExpertRunner] = {}  # reusable runners by immediate experts
         self.rotary = RotaryEmbedding(config.rope, device)
 
     @property
@@ -113,6 +134,7 @@ class MoECausalLM:
         positions = torch.arange(start, start + t, device=self.device)
         cos, sin = self.rotary.cos_sin(positions)
         x = self.embed[token_ids.to(self.device)]
+        self.expert_runner.start_pass()
         for layer, cache_layer in zip(self.layers, cache.layers, strict=True):
             x = layer(x, cos, sin, cache_layer, start, self.expert_runner)
         cache.length = start + t
@@ -121,7 +143,23 @@ class MoECausalLM:
         logits = Linear(self.lm_head)(self.norm(x)).to(torch.float32)
         return logits if all_logits else logits[0]
 
+    @torch.inference_mode()
+    def forward_step(
+        self, token: torch.Tensor, position: torch.Tensor, cache: KVCache, visible: torch.Tensor
+    ) -> torch.Tensor:
+        """One decode token with every shape static and every index a device tensor
+        (``token[1]``, ``position[1]``, ``visible[max_seq]`` = keys <= position): the step a
+        CUDA Graph captures. Float32 logits ``[vocab]``; ``cache.length`` is not touched."""
+        cos, sin = self.rotary.cos_sin(position)
+        x = self.embed[token]
+        self.expert_runner.start_pass()
+        for layer, cache_layer in zip(self.layers, cache.layers, strict=True):
+            x = layer.step(x, cos, sin, cache_layer, position, visible, self.expert_runner)
+        return Linear(self.lm_head)(self.norm(x)).to(torch.float32)[0]
+
     def close(self) -> None:
         """Drop weights (device memory is freed once nothing else holds them)."""
+        self.runners.clear()
+        self.expert_runner = None  # type: ignore[assignment]
         self.expert_backend.close()
         self.layers = []

@@ -17,8 +17,9 @@ Router = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 class MoEBlock:
     """``routed(x) + shared(x)``; Qwen2 gates the shared expert with ``sigmoid(gate(x))``.
 
-    The routed part goes through ``runner`` (the model's ``expert_runner``), which receives
-    the device tensors and decides where and when the experts run (see engine.experts.runner).
+    The routed part goes through ``runner`` (the model's ``expert_runner``, see
+    engine.experts.runner): it is started right after the router, the shared expert is
+    computed on the model device meanwhile, then the routed output is collected and added.
     """
 
     layer_idx: int
@@ -29,10 +30,11 @@ class MoEBlock:
     def __call__(self, x: torch.Tensor, runner: ExpertRunner) -> torch.Tensor:
         """``x[T, H]`` -> ``[T, H]``."""
         expert_ids, weights = self.router(x)
-        out = runner(self.layer_idx, x, expert_ids, weights)
+        runner.begin(self.layer_idx, x, expert_ids, weights)
+        shared = None
         if self.shared is not None:
             shared = self.shared(x)
             if self.shared_gate is not None:
                 shared = torch.sigmoid(self.shared_gate(x)) * shared
-            out = out + shared
-        return out
+        out = runner.finish(self.layer_idx)
+        return out if shared is None else out + shared

@@ -32,6 +32,16 @@ class QuantizedWeight:
             return dequantize_int8(self.data, self.scale, dtype)
         return dequantize_int4(self.data, self.scale, self.group_size, dtype)
 
+    def rows(self, start: int, end: int, dtype: torch.dtype) -> torch.Tensor:
+        """Rows ``start..end-1`` as a dense matrix in ``dtype`` (a view when no conversion)."""
+        data = self.data[start:end]
+        if self.precision in ("fp32", "bf16"):
+            return data.to(dtype)
+        assert self.scale is not None
+        if self.precision == "int8":
+            return dequantize_int8(data, self.scale[start:end], dtype)
+        return dequantize_int4(data, self.scale[start:end], self.group_size, dtype)
+
     @property
     def nbytes(self) -> int:
         """Bytes held by the data and scales."""
@@ -47,10 +57,10 @@ def quantize_weight(weight: torch.Tensor, precision: str, group_size: int = 32) 
     """
     shape = (int(weight.shape[0]), int(weight.shape[1]))
     if precision in ("fp32", "bf16"):
-        # Always a fresh copy in process memory: a loader may hand out views of a memory-mapped
-        # checkpoint, and experts must not be paged in from disk during a measurement.
+        # The caller owns ``weight`` in process memory (the loader copies out of a mapped
+        # checkpoint), so the same dtype is kept without a second copy.
         dtype = torch.float32 if precision == "fp32" else torch.bfloat16
-        return QuantizedWeight(precision, shape, weight.to(dtype, copy=True).contiguous())
+        return QuantizedWeight(precision, shape, weight.to(dtype).contiguous())
     bf16 = weight.to(torch.bfloat16)
     if precision == "int8":
         q, scale = quantize_int8(bf16)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.gguf_export import export_gguf
+from baselines.llamacpp.gguf_export import export_gguf
 
 # (format, max relative L2 error of the logits, min top-1 agreement with safetensors).
 # Q8_0 moves every weight by ~0.5%; through 3 layers and the occasional routing flip the

@@ -1,5 +1,6 @@
 """Loading streams tensor by tensor: peak anonymous host memory during load stays close to the
-memory the loaded weights finally hold (no full second copy of the model)."""
+memory the loaded weights finally hold (no full second copy of the model; at most one layer's
+experts twice, while the expert backend repacks them)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ SCRIPT = textwrap.dedent(
     from pathlib import Path
     import torch
     from engine.synthetic import SyntheticRequest, ensure_synthetic_model
-    from engine.system import EngineSystem
+    from experiments.engine_system import EngineSystem
     from experiments.system_api import ModelSpec
 
     def anon():  # resident anonymous memory: the copies the process made (not mapped files)
@@ -83,4 +84,7 @@ def test_load_peak_memory_close_to_final_weights(model_cache):
         f"peak above final {overshoot / 2**20:.0f} MiB"
     )
     assert held > 0.85 * m["weights"]  # the weights really are in process memory now
-    assert overshoot < 0.25 * m["weights"]  # and never a second full copy on the way
+    # and never a second full copy on the way: at most one layer's experts are held twice
+    # (stacked as read, then repacked by the expert backend)
+    layer_experts = 64 * 3 * DIMS["hidden_size"] * DIMS["moe_intermediate_size"] * 2
+    assert overshoot < 1.15 * layer_experts < 0.6 * m["weights"]

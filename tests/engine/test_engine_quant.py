@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import VOCAB
 
-from engine.experts import ReferenceExpertBackend
+from engine.experts import ReferenceExpertBackend, StackedExperts
 from engine.quant import dequantize_int4, dequantize_int8, quantize_int4, quantize_int8
 
 
@@ -55,7 +55,7 @@ def moe_relative_error(precision: str, group: int = 32) -> float:
     outs = {}
     for p in ("bf16", precision):
         backend = ReferenceExpertBackend(p, group_size=group)
-        backend.prepare(0, gate, up, down)
+        backend.prepare(0, StackedExperts.from_lists(gate, up, down))
         outs[p] = backend.forward(0, hidden, ids, weights)
     ref = outs["bf16"]
     return ((outs[precision] - ref).norm() / ref.norm()).item()

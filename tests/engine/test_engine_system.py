@@ -12,7 +12,8 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 
 from engine.errors import EngineError
 from engine.runtime import Sampler, generate_ids
-from engine.system import EngineSystem, cut_at_stop
+from engine.stops import cut_at_stop
+from experiments.engine_system import EngineSystem
 from experiments.system_api import ModelSpec, Sampling, System, SystemUnavailable
 
 CFG = {"device": "cpu", "dtype": "float32", "prefill_chunk": 7, "max_seq": 96, "threads": None}

@@ -117,7 +117,7 @@ echo "slice + F16 GGUF ready (exit $?):"; tail -n 2 /tmp/hmoe-prep.log
   grep -m1 "model name" /proc/cpuinfo
   python3 - <<'EOF'
 import llama_cpp
-from baselines.llamacpp_placement import Ggml
+from baselines.llamacpp.placement import Ggml
 print("llama-cpp-python", llama_cpp.__version__)
 print("GPU offload:", bool(llama_cpp.llama_supports_gpu_offload()))
 print("system_info:", llama_cpp.llama_print_system_info().decode())
