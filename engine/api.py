@@ -57,8 +57,9 @@ class EngineOptions:
 
     ``device``: auto | cpu | cuda[:n] for everything but the routed experts; ``dtype`` of
     non-expert weights and activations; ``precision`` of the routed experts (bf16, int8,
-    int4, fp32); ``cpu_kernel``: reference (PyTorch loop) or a C++ kernel method (auto,
-    amx, avx512, portable); ``threads`` of the expert backend (None: its default);
+    int4, fp32); ``cpu_kernel``: a C++ kernel method (auto: the best this CPU has; amx,
+    avx512, portable) or reference (the PyTorch loop; auto falls back to it where the
+    kernels did not build or for fp32 experts); ``threads`` of the expert backend (None: its default);
     ``scheduler`` static | dynamic and ``numa_nodes`` (1 = no NUMA sharding) of the C++
     backend, ``amx_threshold`` (method auto: AMX for experts with at least this many tokens,
     else AVX-512), ``int8_w8a8`` (int8 experts on AMX with int8 activations: faster
@@ -80,9 +81,9 @@ class EngineOptions:
     device: str = "auto"
     dtype: str = "bfloat16"
     precision: str = "bf16"
-    cpu_kernel: str = "reference"
+    cpu_kernel: str = "auto"
     threads: int | None = None
-    scheduler: str = "static"
+    scheduler: str = "dynamic"
     numa_nodes: int = 1
     amx_threshold: int = 32
     int8_w8a8: bool = False

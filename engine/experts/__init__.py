@@ -48,6 +48,7 @@ def make_expert_backend(
             f"unknown cpu_kernel {cpu_kernel!r}; available: {', '.join(CPU_KERNELS)}"
         )
     if cpu_kernel == "auto" and precision not in KERNEL_PRECISIONS:
+        # (scheduler and numa_nodes are the C++ kernels' knobs: nothing to apply here)
         backend = ReferenceExpertBackend(precision, group_size, threads)
         backend.fallback_reason = f"{precision} experts run on the PyTorch reference backend"
         return backend

@@ -4,7 +4,8 @@ Every MoE layer of a model calls ``runner.begin(layer_idx, hidden, expert_ids, w
 right after its router (device tensors: ``hidden[T, H]`` in the model dtype, ``expert_ids``
 ``[T, k]`` int64 ranked best first, ``weights[T, k]``), then computes its shared expert on
 the model device, then calls ``runner.finish(layer_idx)`` for the routed output (same
-device and dtype as ``hidden``). Between the two, the CPU backend can work while the device
+device and dtype as ``hidden``; on a CPU model it may be the runner's own buffer, valid
+until the next ``begin``). Between the two, the CPU backend can work while the device
 computes the shared expert. ``start_pass()`` is called once at the start of every forward.
 
 :class:`ImmediateExpertRunner` runs all k experts of the layer: inputs staged into
@@ -96,9 +97,10 @@ class StagedCalls:
 
 
 def to_device(out: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A host result onto ``like``'s device, in memory that does not alias host buffers."""
+    """A host result onto ``like``'s device. On the CPU it is the host buffer itself (no
+    copy): valid until the runner's next ``begin``, which is all a MoE block needs."""
     if like.device.type == "cpu":
-        return out.clone()
+        return out
     return out.to(like.device, non_blocking=True)
 
 

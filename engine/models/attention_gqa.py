@@ -57,9 +57,9 @@ class GQAAttention:
         position: torch.Tensor,
         visible: torch.Tensor,
     ) -> torch.Tensor:
-        """One token ``x[1, H]`` at device ``position[1]``; attends over the whole static
-        cache with ``visible[max_seq]`` (keys <= position) as the mask, so every shape is
-        fixed and the step can be captured in a CUDA Graph."""
+        """One token ``x[1, H]`` at device ``position[1]``; attends over the first
+        ``len(visible)`` cached positions with ``visible`` (keys <= position) as the mask, so
+        every shape is fixed and the step can be captured in a CUDA Graph."""
         q = self.q_proj(x).view(1, self.num_heads, self.head_dim)
         k = self.k_proj(x).view(1, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).view(1, self.num_kv_heads, self.head_dim)
@@ -67,8 +67,10 @@ class GQAAttention:
         k = apply_rope(k, cos, sin, interleaved=False)
         cache.k.index_copy_(1, position, k.transpose(0, 1))
         cache.v.index_copy_(1, position, v.transpose(0, 1))
+        window = visible.shape[0]
         out = F.scaled_dot_product_attention(
-            q.transpose(0, 1), cache.k, cache.v, attn_mask=visible[None, :], scale=self.scale,
+            q.transpose(0, 1), cache.k[:, :window], cache.v[:, :window],
+            attn_mask=visible[None, :], scale=self.scale,
             enable_gqa=self.num_heads != self.num_kv_heads,
         )  # fmt: skip
         return self.o_proj(out.transpose(0, 1).reshape(1, self.num_heads * self.head_dim))

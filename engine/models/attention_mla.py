@@ -131,8 +131,9 @@ class MLAAttention:
         position: torch.Tensor,
         visible: torch.Tensor,
     ) -> torch.Tensor:
-        """One token at device ``position[1]`` in the weight-absorbed form over the whole
-        static latent cache, masked by ``visible[max_seq]`` (fixed shapes: graph-capturable)."""
+        """One token at device ``position[1]`` in the weight-absorbed form over the first
+        ``len(visible)`` cached positions, masked by ``visible`` (fixed shapes:
+        graph-capturable)."""
         if self.q_proj is not None:
             q = self.q_proj(x)
         else:
@@ -150,8 +151,10 @@ class MLAAttention:
         w = self.kv_b_proj.weight.view(self.num_heads, self.nope_dim + self.v_dim, -1)
         w_k, w_v = w[:, : self.nope_dim], w[:, self.nope_dim :]
         q_lat = torch.einsum("thd,hdr->htr", q_nope, w_k)
-        scores = q_lat @ cache.latent.T + q_pe.transpose(0, 1) @ cache.rope.T
+        window = visible.shape[0]
+        latents, rope_keys = cache.latent[:window], cache.rope[:window]
+        scores = q_lat @ latents.T + q_pe.transpose(0, 1) @ rope_keys.T
         scores = (scores.to(torch.float32) * self.scale).masked_fill(~visible, float("-inf"))
         probs = torch.softmax(scores, dim=-1).to(cache.latent.dtype)
-        out = torch.einsum("htr,hvr->thv", probs @ cache.latent, w_v)
+        out = torch.einsum("htr,hvr->thv", probs @ latents, w_v)
         return self.o_proj(out.reshape(1, self.num_heads * self.v_dim))

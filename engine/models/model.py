@@ -148,8 +148,9 @@ class MoECausalLM:
         self, token: torch.Tensor, position: torch.Tensor, cache: KVCache, visible: torch.Tensor
     ) -> torch.Tensor:
         """One decode token with every shape static and every index a device tensor
-        (``token[1]``, ``position[1]``, ``visible[max_seq]`` = keys <= position): the step a
-        CUDA Graph captures. Float32 logits ``[vocab]``; ``cache.length`` is not touched."""
+        (``token[1]``, ``position[1]``, ``visible[window]`` = keys <= position, attention over
+        the cache's first ``window`` positions): the step a CUDA Graph captures. Float32
+        logits ``[vocab]``; ``cache.length`` is not touched."""
         cos, sin = self.rotary.cos_sin(position)
         x = self.embed[token]
         self.expert_runner.start_pass()

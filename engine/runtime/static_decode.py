@@ -16,6 +16,8 @@ import torch
 from engine.errors import EngineError
 from engine.runtime.kv_cache import KVCache
 
+MIN_WINDOW = 256  # smallest attention window of a static step (positions)
+
 
 class StaticDecoder:
     """Greedy decoding from a prefilled cache, eager or through a CUDA Graph."""
@@ -30,12 +32,13 @@ class StaticDecoder:
         self.step_index = torch.zeros(1, dtype=torch.long, device=dev)
         self.tokens = torch.zeros(cache.max_seq, dtype=torch.long, device=dev)
         self.keys = torch.arange(cache.max_seq, device=dev)
-        self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         self.captures = 0
+        self.window = MIN_WINDOW
 
     def _body(self) -> None:
         """One step: logits at ``position`` for ``token``; argmax becomes the next token."""
-        visible = self.keys <= self.position
+        visible = self.keys[: self.window] <= self.position
         logits = self.model.forward_step(self.token, self.position, self.cache, visible)
         nxt = torch.argmax(logits).reshape(1)
         self.tokens.index_copy_(0, self.step_index, nxt)
@@ -44,7 +47,7 @@ class StaticDecoder:
         self.step_index.add_(1)
 
     def _graph(self) -> torch.cuda.CUDAGraph:
-        key = id(self.model.expert_runner)
+        key = (id(self.model.expert_runner), self.window)
         graph = self._graphs.get(key)
         if graph is not None:
             return graph
@@ -73,6 +76,10 @@ class StaticDecoder:
         start = self.cache.reserve(n_tokens)
         if n_tokens <= 0:
             return self.tokens[:0]
+        # attend over a power-of-two window that holds the whole sequence, not all of
+        # max_seq: one graph per window size, a few at most
+        end = start + n_tokens
+        self.window = min(self.cache.max_seq, max(MIN_WINDOW, 1 << (end - 1).bit_length()))
         self.token.fill_(first_token)
         self.position.fill_(start)
         self.step_index.zero_()

@@ -98,7 +98,7 @@ class SplitRunner:
         hidden, expert_ids, weights = self._now.pop(layer_idx)
         now, later = split_topk(expert_ids, self.n_now)
         self.inner.begin(layer_idx, hidden, now, weights)
-        first = self.inner.finish(layer_idx)
+        first = self.inner.finish(layer_idx).clone()  # valid only until the next begin
         self.inner.begin(layer_idx, hidden, later, weights)
         return first + self.inner.finish(layer_idx)
 

@@ -32,19 +32,23 @@ def _prompt(n: int = 20, seed: int = 5) -> list[int]:
     return torch.randint(0, 256, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
 
 
+@pytest.mark.parametrize("max_seq", [64, 1024])
 @pytest.mark.parametrize("case", CASES)
-def test_static_step_equals_the_dynamic_step_on_cpu(checkpoint, load_engine, case):
-    """decode_at (fixed shapes, device positions, masked full cache) gives the same greedy
+def test_static_step_equals_the_dynamic_step_on_cpu(checkpoint, load_engine, case, max_seq):
+    """decode_at (fixed shapes, device positions, a masked window of the cache: all of a
+    64-token cache, the first 256 positions of a 1024-token one) gives the same greedy
     tokens as the ordinary decode step, for GQA and MLA attention."""
     model = load_engine(checkpoint(case))
     prompt = _prompt()
     expected = generate_ids(model, prompt, 13, model.new_cache(64), Sampler(), chunk_size=64)
-    cache = model.new_cache(64)
+    cache = model.new_cache(max_seq)
     cache.reserve(len(prompt) + 12)
     logits = model.forward(torch.tensor(prompt), cache)
     first = int(logits.argmax())
-    got = StaticDecoder(model, cache, use_graph=False).greedy(first, 12).tolist()
+    decoder = StaticDecoder(model, cache, use_graph=False)
+    got = decoder.greedy(first, 12).tolist()
     assert [first, *got] == expected
+    assert decoder.window == min(max_seq, 256)
     assert cache.length == len(prompt) + 12
 
 
