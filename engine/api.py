@@ -59,7 +59,8 @@ class EngineOptions:
     non-expert weights and activations; ``precision`` of the routed experts (bf16, int8,
     int4, fp32); ``cpu_kernel``: a C++ kernel method (auto: the best this CPU has; amx,
     avx512, portable) or reference (the PyTorch loop; auto falls back to it where the
-    kernels did not build or for fp32 experts); ``threads`` of the expert backend (None: its default);
+    kernels did not build or for fp32 experts); ``threads`` of the expert backend (None:
+    its default);
     ``scheduler`` static | dynamic and ``numa_nodes`` (1 = no NUMA sharding) of the C++
     backend, ``amx_threshold`` (method auto: AMX for experts with at least this many tokens,
     else AVX-512), ``int8_w8a8`` (int8 experts on AMX with int8 activations: faster
