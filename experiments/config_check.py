@@ -35,6 +35,10 @@ def check_config(cfg: Any) -> None:  # noqa: ANN401 - a composed DictConfig
     if cfg.experiment.name == "breakdown":
         check_variants("prefill", list(cfg.experiment.prefill_variants))
         check_variants("decode", list(cfg.experiment.decode_variants))
+    if cfg.experiment.name == "prefill":
+        from experiments.prefill import placement_variants
+
+        placement_variants(cfg)
     if cfg.experiment.name == "accuracy":
         from experiments.accuracy_tasks import get_task
 

@@ -64,6 +64,9 @@ class ExperimentConfig:
     max_trials: int | None = None  # adaptive repetition: add trials up to this while CV is high
     cv_threshold: float = 0.10  # a point whose trials' CV exceeds this is flagged (noisy)
     prompt_lengths: list[int] = field(default_factory=list)  # prefill
+    # prefill: the engine's prefill placements to measure, each its own series (the
+    # system's own prefill_placement keeps variant ""); empty: that setting only
+    placements: list[str] = field(default_factory=list)
     prompt_tokens: int = 32  # decode
     decode_tokens: int = 512  # decode
     breakdown_prefill_tokens: int = 8192
@@ -121,6 +124,7 @@ class ProfileConfig:
     trials: int = 3
     warmup: int = 1
     breakdown_prefill_tokens: int = 8192
+    prefill_placements: list[str] = field(default_factory=lambda: ["cpu"])  # engine, Figure 11
     accuracy_limit: int | None = None
     human_eval_samples: int = 10  # the paper: 10 samples at temperature 0.3
     human_eval_temperature: float = 0.3

@@ -17,9 +17,10 @@ from experiments.markdown import DASH, md_table, number
 from experiments.statistics import DEFAULT_CV_THRESHOLD, is_noisy
 from plots.breakdown_settings import STAGE_VARIANTS, breakdown_settings
 from plots.describe import experts_label, run_model_label
-from plots.point_means import is_slice, point_means, unmeasured_points
+from plots.point_means import is_slice, point_means, precision_class, unmeasured_points
 from plots.references import reference_points
-from plots.style import system_name
+from plots.speedups import ratio_text
+from plots.style import series_name, system_name
 
 
 def _points_with_status(results: pd.DataFrame, experiment: str) -> pd.DataFrame:
@@ -66,9 +67,10 @@ def prefill_table(results: pd.DataFrame, references: pd.DataFrame) -> str:
     points = _points_with_status(results, "prefill")
     paper = references[references["experiment"] == "prefill"]
     match = ["paper_model", "system", "precision", "prompt_tokens"]
+    points = points.assign(variant=points["variant"].fillna("").astype(str))
     rows = []
     for _, p in points.sort_values(
-        ["paper_model", "model", "system", "precision", "prompt_tokens"]
+        ["paper_model", "model", "system", "variant", "precision", "prompt_tokens"]
     ).iterrows():
         projection = DASH
         if p["status"] == "ok" and is_slice(p["layers_run"], p["layers_total"]):
@@ -77,12 +79,14 @@ def prefill_table(results: pd.DataFrame, references: pd.DataFrame) -> str:
             [
                 p["paper_model"],
                 _model_text(p),
-                system_name(p["system"]),
+                series_name(p["system"], p["variant"]),
                 p["precision"],
                 int(p["prompt_tokens"]) if pd.notna(p["prompt_tokens"]) else DASH,
                 _measured_text(p),
                 projection,
-                number(_paper_value(paper, p, match)),
+                # the paper measured its engine with CPU experts only: no value beside the
+                # engine's other placements
+                DASH if p["variant"] else number(_paper_value(paper, p, match)),
             ]
         )
     headers = [
@@ -94,6 +98,70 @@ def prefill_table(results: pd.DataFrame, references: pd.DataFrame) -> str:
         "measured tokens/s, mean ± sd (n, CV)",
         "projected full model tokens/s",
         "paper tokens/s",
+    ]
+    return md_table(headers, rows)
+
+
+PLACEMENT_COLUMNS = ("cpu", "gpu_stream", "split", "auto")
+BASELINE_SETTINGS = ("llamacpp", "llamacpp_best")
+
+
+def placement_table(results: pd.DataFrame) -> str:
+    """Prefill tokens/s of the engine per placement beside llama.cpp's two settings, per
+    run model, precision class and prompt length, with the engine's best placement over
+    llama.cpp at its best (same run); empty when no engine placement other than its own
+    setting was measured."""
+    points = point_means(results, "prefill")
+    if points.empty:
+        return ""
+    points = points.assign(
+        variant=points["variant"].fillna("").astype(str),
+        precision_class=points["precision"].map(precision_class),
+    )
+    engine = points[points["system"] == "engine"]
+    if not (engine["variant"] != "").any():
+        return ""
+    rows = []
+    for (model, pclass, tokens), group in points.groupby(
+        ["model", "precision_class", "prompt_tokens"], sort=True
+    ):
+        eng = group[group["system"] == "engine"]
+        own = eng[eng["variant"] == ""]
+        values: dict[str, float] = {}
+        for name in PLACEMENT_COLUMNS:
+            match = eng[eng["variant"] == name]
+            if not match.empty:
+                values[name] = float(match["tokens_per_s"].iloc[0])
+        base = {}
+        for system in BASELINE_SETTINGS:
+            match = group[group["system"] == system]
+            if not match.empty:
+                base[system] = float(match["tokens_per_s"].iloc[0])
+        if eng.empty:
+            continue
+        own_value = float(own["tokens_per_s"].iloc[0]) if not own.empty else math.nan
+        best = max([*values.values(), own_value], default=math.nan)
+        ratio = best / base["llamacpp_best"] if "llamacpp_best" in base else math.nan
+        rows.append(
+            [
+                model,
+                pclass,
+                int(tokens),
+                number(own_value),
+                *(number(values.get(name)) for name in PLACEMENT_COLUMNS),
+                *(number(base.get(system)) for system in BASELINE_SETTINGS),
+                DASH if math.isnan(ratio) else f"{ratio_text(ratio)}x",
+            ]
+        )
+    headers = [
+        "run model",
+        "precision",
+        "prompt tokens",
+        "engine (own setting)",
+        *(f"engine {name}" for name in PLACEMENT_COLUMNS),
+        "llama.cpp (artifact flags)",
+        "llama.cpp (best settings)",
+        "engine best / llama.cpp best",
     ]
     return md_table(headers, rows)
 

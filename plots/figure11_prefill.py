@@ -37,27 +37,30 @@ from plots.style import (
     panel_grid,
     panel_models,
     precision_marker,
+    series_color,
+    series_name,
     system_color,
     system_name,
 )
 
 STEM = "figure11_prefill"
-SERIES_KEYS = ["model", "synthetic", "layers_run", "layers_total", "system", "precision"]
+SERIES_KEYS = ["model", "synthetic", "layers_run", "layers_total", "system", "variant", "precision"]
 
 
 def _plot_measured(ax: Axes, measured: pd.DataFrame) -> None:
     # Several run models in one panel (e.g. tiny and slice): hollow markers tell them apart.
     fills = {m: ("full", "none")[i % 2] for i, m in enumerate(sorted(measured["model"].unique()))}
     noisy = measured[measured["noisy"].astype(bool)]
+    measured = measured.assign(variant=measured["variant"].fillna("").astype(str))
     for key, series in measured.groupby(SERIES_KEYS, dropna=False, sort=True):
-        model, synthetic, layers_run, layers_total, system, precision = key
+        model, synthetic, layers_run, layers_total, system, variant, precision = key
         series = series.sort_values("prompt_tokens")
         label = (
-            f"{system_name(system)} {precision} - "
+            f"{series_name(system, variant)} {precision} - "
             f"{run_model_label(model, bool(synthetic), layers_run, layers_total)}"
         )
         style = {
-            "color": system_color(system),
+            "color": series_color(system, variant),
             "marker": precision_marker(precision),
             "fillstyle": fills[model],
         }
@@ -73,7 +76,7 @@ def _plot_measured(ax: Axes, measured: pd.DataFrame) -> None:
             capsize=ERROR_CAPSIZE,
             **style,
         )
-        if is_slice(layers_run, layers_total):
+        if is_slice(layers_run, layers_total) and not variant:  # placements: measured only
             factor = layers_run / layers_total
             ax.plot(
                 series["prompt_tokens"],

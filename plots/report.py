@@ -25,7 +25,13 @@ from experiments.provenance import read_provenance_set
 from experiments.schema import POINT_KEYS, STATUS_OK
 from experiments.statistics import DEFAULT_ALPHA, DEFAULT_CV_THRESHOLD
 from plots.claims import ClaimResult, evaluate_claims
-from plots.compare_tables import NOISY_FLAG, breakdown_table, decode_table, prefill_table
+from plots.compare_tables import (
+    NOISY_FLAG,
+    breakdown_table,
+    decode_table,
+    placement_table,
+    prefill_table,
+)
 from plots.describe import comparability_statement, hardware_line, model_lines
 from plots.figure11_prefill import plot_figure11
 from plots.figure12_decode import plot_figure12
@@ -281,6 +287,7 @@ def render_report(
         "### Prefill (Figure 11)",
         "",
         prefill_table(results, references),
+        *_placement_section(results),
         "### Decode (Figure 12)",
         "",
         decode_table(results, references),
@@ -294,6 +301,24 @@ def render_report(
     lines += _claims(claims, paper_claims)
     lines += _gaps(results)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _placement_section(results: pd.DataFrame) -> list[str]:
+    """The engine's prefill placements beside llama.cpp's two settings (when measured)."""
+    table = placement_table(results)
+    if not table:
+        return []
+    return [
+        "#### Prefill placements vs llama.cpp (same run)",
+        "",
+        "Tokens/s. The engine's own setting is the series the claims use; the placement "
+        "columns are its other prefill placements (engine.runtime.placement: cpu = routed "
+        "experts on the CPU as in the paper, gpu_stream = copied to the GPU and computed "
+        "there, split = shared by both, auto = the cost model's choice per layer); "
+        "llama.cpp with the artifact's flags and at its best settings.",
+        "",
+        table,
+    ]
 
 
 def build_report(results_dir: Path | Sequence[Path], out_dir: Path | None = None) -> Path:

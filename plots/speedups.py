@@ -47,6 +47,8 @@ def _with_class(points: pd.DataFrame) -> pd.DataFrame:
 def _pairs(points: pd.DataFrame, experiment: str, match: list[str]) -> pd.DataFrame:
     rows = _with_class(points[(points["experiment"] == experiment) & points["tokens_per_s"].gt(0)])
     engine = rows[rows["system"] == ENGINE]
+    if "variant" in engine:  # the engine's own setting: not its other prefill placements
+        engine = engine[engine["variant"].fillna("").astype(str) == ""]
     baseline = rows[rows["system"].isin(BASELINES)]
     if engine.empty or baseline.empty:
         return pd.DataFrame(columns=list(PAIR_COLUMNS))

@@ -27,6 +27,14 @@ SYSTEM_COLORS = {
     "llamacpp_best": "#98df8a",
 }
 OTHER_COLOR = "#7f7f7f"
+# The engine's prefill placements other than its own setting (experiments.prefill): one
+# colour each, so its series stay apart from the baselines' and from each other.
+PLACEMENT_COLORS = {
+    "cpu": "#e377c2",
+    "gpu_stream": "#ff7f0e",
+    "split": "#9467bd",
+    "auto": "#8c564b",
+}
 SHORT_SYSTEM_NAMES = {
     "engine": "engine",
     "fiddler": "Fiddler",
@@ -59,6 +67,19 @@ NOISY_MARKER = {
 def system_color(system: str) -> str:
     """The colour of a system's lines and bars."""
     return SYSTEM_COLORS.get(system, OTHER_COLOR)
+
+
+def series_color(system: str, variant: str) -> str:
+    """The colour of a system's series: its own, or its prefill placement's."""
+    if variant and variant in PLACEMENT_COLORS:
+        return PLACEMENT_COLORS[variant]
+    return system_color(system)
+
+
+def series_name(system: str, variant: str) -> str:
+    """A system's display name with its variant, e.g. ``engine gpu_stream``."""
+    name = system_name(system)
+    return f"{name} {variant}" if variant else name
 
 
 def system_name(system: str) -> str:

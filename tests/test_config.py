@@ -129,3 +129,29 @@ def test_breakdown_splits_variants_by_system():
     assert {(p.stage, p.variant) for p in fid} == {("prefill", "base"), ("decode", "base")}
     assert len(eng) == 10
     assert all(p.system_options for p in eng)
+
+
+def test_engine_prefill_measures_each_placement_as_its_own_series():
+    cfg = compose_config(["experiment=prefill", "system=engine", "profile=gpu", "model=qw2"])
+    points = prefill.plan(cfg)
+    series = {(p.variant, tuple(sorted(p.system_options.items()))) for p in points}
+    assert series == {
+        ("", ()),  # the system's own setting (cpu): the series the claims compare
+        ("gpu_stream", (("prefill_placement", "gpu_stream"),)),
+        ("split", (("prefill_placement", "split"),)),
+        ("auto", (("prefill_placement", "auto"),)),
+    }
+    lengths = {p.prompt_tokens for p in points}
+    assert len(points) == 4 * len(lengths) * len({p.precision for p in points})
+    own = compose_config(
+        ["experiment=prefill", "system=engine", "system.options.prefill_placement=auto"]
+    )
+    assert {p.variant for p in prefill.plan(own)} == {"", "cpu"}  # own (auto) + the profile's
+    for system in ("fiddler", "llamacpp"):  # no placement option: one unlabelled series
+        other = compose_config(["experiment=prefill", f"system={system}", "profile=gpu"])
+        assert {p.variant for p in prefill.plan(other)} == {""}
+
+
+def test_unknown_prefill_placement_is_one_clear_error():
+    with pytest.raises(HmoeError, match="unknown placement.*'gpu'"):
+        compose_config(["experiment=prefill", "system=engine", "experiment.placements=[cpu,gpu]"])

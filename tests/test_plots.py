@@ -413,3 +413,56 @@ def test_model_kinds_from_source_layers_or_checkpoint() -> None:
         "ds2": REAL,
         "never_loaded": UNKNOWN,
     }
+
+
+def test_engine_placements_are_own_series_table_columns_and_left_out_of_claims(
+    results: pd.DataFrame, references: pd.DataFrame
+) -> None:
+    from experiments.markdown import DASH
+    from plots.compare_tables import placement_table, prefill_table
+
+    assert placement_table(results) == ""  # no placement series: no table
+    extra = []
+    for length in (32, 128, 512):
+        for variant, factor in (("gpu_stream", 60.0), ("auto", 30.0)):
+            extra.append(
+                row(
+                    SLICE,
+                    experiment="prefill",
+                    stage="prefill",
+                    system="engine",
+                    variant=variant,
+                    precision="bf16",
+                    prompt_tokens=length,
+                    tokens_per_s=factor * length,
+                )
+            )
+        extra.append(
+            row(
+                SLICE,
+                experiment="prefill",
+                stage="prefill",
+                system="llamacpp_best",
+                precision="fp16",
+                prompt_tokens=length,
+                tokens_per_s=20.0 * length,
+            )
+        )
+    both = normalize_results(pd.concat([results, pd.DataFrame(extra)], ignore_index=True))
+    # claims compare the engine's own setting only: gpu_stream's 60x does not leak in
+    pairs = prefill_speedups(point_means(both, "prefill"))
+    assert pairs["engine_tps"].max() == pytest.approx(point_means(results)["tokens_per_s"].max())
+    table = placement_table(both)
+    lines = [line for line in table.splitlines() if line.startswith("| ds3_slice | full | 512")]
+    assert len(lines) == 1
+    cells = [c.strip() for c in lines[0].strip("|").split("|")]
+    # own (engine bf16 x6 mean of trials 1x,2x = 9 x 512), cpu -, gpu_stream, split -, auto,
+    # llama.cpp artifact (x2 -> 3 x 512), best (20 x 512), best engine / best llama.cpp
+    assert cells[3:] == ["4608.00", DASH, "30720.00", DASH, "15360.00", "1536.00", "10240.00",
+                         "3.00x"]  # fmt: skip
+    assert "engine gpu_stream" in prefill_table(both, references)
+    fig = render_figure11(both, references, PROVENANCE)
+    labels = [str(c.get_label()) for ax in fig.axes for c in ax.containers]
+    labels += [str(line.get_label()) for ax in fig.axes for line in ax.get_lines()]
+    assert any(label.startswith("engine gpu_stream bf16") for label in labels)
+    assert not any("gpu_stream" in label and "projection" in label for label in labels)

@@ -36,6 +36,7 @@ from engine.quant import dequantize_int4, dequantize_int8, quantize_weight
 from engine.quant.weights import PRECISIONS
 
 ALIGN = 256  # byte alignment of each tensor inside a flat buffer
+ROW_BUCKET = 64  # on a GPU, experts' token rows padded to a multiple of this (see __init__)
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,12 @@ class GpuExpertStreamer:
     32 | 64 for int4); ``device``: a CUDA device, or ``cpu`` (same math, no streams)."""
 
     def __init__(
-        self, device: torch.device | str, precision: str, group_size: int = 32, slots: int = 2
+        self,
+        device: torch.device | str,
+        precision: str,
+        group_size: int = 32,
+        slots: int = 2,
+        row_bucket: int | None = None,
     ) -> None:
         if precision not in PRECISIONS:
             raise EngineError(f"streamed expert precision must be one of {PRECISIONS}")
@@ -146,6 +152,15 @@ class GpuExpertStreamer:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.precision = precision
         self.group_size = group_size
+        # Each expert's token rows are padded to a multiple of row_bucket before its matmuls
+        # (the padding rows are computed and dropped), so that prompts of one length reuse
+        # a few matmul shapes instead of bringing new ones (one per expert's exact token
+        # count) that the GPU BLAS library must choose a kernel for on first use. Default:
+        # ROW_BUCKET on a CUDA device, none (exact shapes) on the CPU.
+        bucket = (ROW_BUCKET if self.cuda else 0) if row_bucket is None else row_bucket
+        if bucket < 0:
+            raise EngineError(f"row_bucket must be >= 0, got {row_bucket}")
+        self.row_bucket = bucket
         self.num_slots = slots
         self._layers: dict[int, HostLayer] = {}
         self._specs: tuple[TensorSpec, ...] = ()
@@ -379,17 +394,53 @@ class GpuExpertStreamer:
                 starts[x + 1] = starts[x] + counts[x]
             dtype = hidden.dtype
             inter = int(slot.tensors["gate_up"].shape[1]) // 2
+            gathered, padded_starts = self._gather(hidden, tokens, ids, counts, starts, mine)
             for x in mine:
                 lo, hi = starts[x], starts[x + 1]
                 rows = tokens[lo:hi]
                 w_gu, w_down = self._weights(slot, slot.position[x], dtype)
-                gu = F.linear(hidden[rows], w_gu)
+                if gathered is None:
+                    xs = hidden[rows]
+                else:  # this expert's rows, padded: a view of the one gather
+                    xs = gathered[padded_starts[x] : padded_starts[x + 1]]
+                gu = F.linear(xs, w_gu)
                 act = F.silu(gu[:, :inter]) * gu[:, inter:]
-                y = F.linear(act, w_down)
+                y = F.linear(act, w_down)[: hi - lo]
                 out.index_add_(0, rows, y.to(torch.float32) * slot_w[lo:hi, None])
             slot.used = self._record(self.compute_stream)
             done = self._record(self.compute_stream)
         return StreamResult(out, done, counts, mine)
+
+    def _gather(
+        self,
+        hidden: torch.Tensor,
+        tokens: torch.Tensor,
+        ids: torch.Tensor,
+        counts: list[int],
+        starts: list[int],
+        mine: list[int],
+    ) -> tuple[torch.Tensor | None, list[int]]:
+        """With row bucketing: the token rows of every expert in ``mine`` in one gather,
+        each expert's block padded to a multiple of ``row_bucket`` (padding rows repeat
+        token 0 and are dropped after the matmuls), and the block starts (indexed by expert
+        id; other experts get empty blocks); ``(None, [])`` without bucketing."""
+        b = self.row_bucket
+        if not b:
+            return None, []
+        chosen = set(mine)
+        padded_starts = [0] * (len(counts) + 1)
+        for x, n in enumerate(counts):
+            size = -(-n // b) * b if x in chosen else 0
+            padded_starts[x + 1] = padded_starts[x] + size
+        # sorted assignment j of expert x goes to padded_starts[x] + (j - starts[x])
+        shift = [p - s for p, s in zip(padded_starts[:-1], starts[:-1], strict=True)]
+        keep = [1 if x in chosen else 0 for x in range(len(counts))]
+        table = torch.tensor([shift, keep], dtype=torch.int64).to(self.device, non_blocking=True)
+        dest = torch.arange(ids.numel(), device=self.device) + table[0][ids]
+        selected = table[1][ids].bool()
+        index = torch.zeros(padded_starts[-1], dtype=torch.int64, device=self.device)
+        index[dest[selected]] = tokens[selected]
+        return hidden[index], padded_starts
 
     def synchronize(self) -> None:
         """Wait for every copy and computation this streamer issued."""
@@ -414,4 +465,5 @@ class GpuExpertStreamer:
             "stream_host_memory": self.pinning,
             "stream_staging_bytes": self.staging_bytes,
             "stream_staging_slots": self.num_slots,
+            "stream_row_bucket": self.row_bucket,
         }

@@ -40,6 +40,7 @@ def load(path, precision: str = "bf16", cpu_kernel: str = "reference", **kw) -> 
         cpu_kernel=cpu_kernel,
         prefill_placement=kw.pop("prefill_placement", "auto"),
         max_seq=256,
+        prefill_chunk=kw.pop("prefill_chunk", 256),  # calibrates up to 256 tokens: quicker
         **kw,
     )
     return HybridEngine.load(path, options)

@@ -112,6 +112,26 @@ def test_a_subset_of_experts_equals_masking_the_others():
     assert sum(result.counts) == int((ids >= 0).sum())  # counts cover every expert
 
 
+@pytest.mark.parametrize("bucket", [1, 3, 64])
+@pytest.mark.parametrize("subset", [None, [1, 2, 6]])
+def test_padded_row_buckets_give_the_unpadded_result(bucket, subset):
+    """Rows padded to a multiple of ``row_bucket`` (the GPU default) are computed and dropped:
+    the kept rows are those of the exact-shape path (fp32: to rounding of the matmul's
+    blocking, which may depend on the row count), for all experts and for a subset."""
+    hidden, ids, weights = routing()
+    exact = streamer_for("fp32")
+    assert exact.row_bucket == 0  # a CPU device computes exact shapes by default
+    padded = GpuExpertStreamer("cpu", "fp32", row_bucket=bucket)
+    ex = experts()
+    padded.add_layer(0, StackedExperts(ex.gate_up.clone(), ex.down.clone()))
+    want = exact.compute(0, hidden, ids, weights, subset).wait()
+    got = padded.compute(0, hidden, ids, weights, subset)
+    torch.testing.assert_close(got.wait(), want, rtol=1e-6, atol=1e-6)
+    assert padded.describe()["stream_row_bucket"] == bucket
+    with pytest.raises(EngineError, match="row_bucket"):
+        GpuExpertStreamer("cpu", "fp32", row_bucket=-1)
+
+
 def test_bytes_on_the_wire_and_in_host_memory():
     def expected(precision: str, gs: int = 32) -> int:
         if precision in ("fp32", "bf16"):
