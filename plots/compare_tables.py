@@ -157,7 +157,7 @@ def placement_table(results: pd.DataFrame) -> str:
         "run model",
         "precision",
         "prompt tokens",
-        "engine (own setting)",
+        "engine (its prefill_placement option)",
         *(f"engine {name}" for name in PLACEMENT_COLUMNS),
         "llama.cpp (artifact flags)",
         "llama.cpp (best settings)",
