@@ -62,8 +62,9 @@ class EngineOptions:
     avx512, portable) or reference (the PyTorch loop; auto falls back to it where the
     kernels did not build or for fp32 experts); ``threads`` of the expert backend (None:
     its default);
-    ``scheduler`` static | dynamic and ``numa_nodes`` (1 = no NUMA sharding) of the C++
-    backend, ``amx_threshold`` (method auto: AMX for experts with at least this many tokens,
+    ``scheduler`` static | dynamic (None: dynamic for the C++ kernels; the reference
+    backend has no scheduler) and ``numa_nodes`` (1 = no NUMA sharding) of the C++ backend,
+    ``amx_threshold`` (method auto: AMX for experts with at least this many tokens,
     else AVX-512), ``int8_w8a8`` (int8 experts on AMX with int8 activations: faster
     prefill, ~2% error; off: activations stay bf16/int16, within 1e-2) and ``spin_us`` (how
     long idle expert threads spin before sleeping; None: 2 ms with a GPU, 0 without);
@@ -85,7 +86,7 @@ class EngineOptions:
     precision: str = "bf16"
     cpu_kernel: str = "auto"
     threads: int | None = None
-    scheduler: str = "dynamic"
+    scheduler: str | None = None
     numa_nodes: int = 1
     amx_threshold: int = 32
     int8_w8a8: bool = False
@@ -104,7 +105,7 @@ class EngineOptions:
             ("dtype", self.dtype, tuple(DTYPES)),
             ("precision", self.precision, PRECISIONS),
             ("cpu_kernel", self.cpu_kernel, CPU_KERNELS),
-            ("scheduler", self.scheduler, SCHEDULERS),
+            ("scheduler", self.scheduler, (*SCHEDULERS, None)),
             ("mla_prefill", self.mla_prefill, ("naive", "absorbed")),
             ("int4_group_size", self.int4_group_size, (32, 64)),
             ("prefill_placement", self.prefill_placement, PLACEMENTS),
@@ -186,7 +187,8 @@ class HybridEngine:
             options.precision,
             group_size=options.int4_group_size,
             threads=threads,
-            scheduler=options.scheduler,
+            scheduler=options.scheduler
+            or ("static" if options.cpu_kernel == "reference" else "dynamic"),
             numa_nodes=options.numa_nodes,
             **(
                 {

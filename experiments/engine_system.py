@@ -84,7 +84,7 @@ class EngineSystemOptions:
     dtype: str = "bfloat16"
     threads: int | None = None
     cpu_kernel: str = "auto"
-    scheduling: str = "dynamic"
+    scheduling: str | None = None
     numa: bool = False
     cuda_graph: bool | str = "auto"
     amx_threshold: int = 32
