@@ -129,10 +129,8 @@ def test_calibration_and_placement_are_described(checkpoint):
         assert cost["cpu_backend"] == "reference"
         assert info["placement_last_prefill"] == eng.last_placement
         assert eng.last_placement.startswith("auto->") or "=auto->" in eng.last_placement
-        assert (
-            "cudaHostRegister" in info["stream_host_memory"]
-            or "pin_memory" in info["stream_host_memory"]
-        )
+        assert info["stream_host_memory"].startswith("pinned")  # page-locked: full H2D speed
+        assert info["stream_row_bucket"] > 0  # padded matmul shapes on a GPU
     finally:
         eng.close()
 
