@@ -436,11 +436,14 @@ class GpuExpertStreamer:
         shift = [p - s for p, s in zip(padded_starts[:-1], starts[:-1], strict=True)]
         keep = [1 if x in chosen else 0 for x in range(len(counts))]
         table = torch.tensor([shift, keep], dtype=torch.int64).to(self.device, non_blocking=True)
+        total = padded_starts[-1]
         dest = torch.arange(ids.numel(), device=self.device) + table[0][ids]
-        selected = table[1][ids].bool()
-        index = torch.zeros(padded_starts[-1], dtype=torch.int64, device=self.device)
-        index[dest[selected]] = tokens[selected]
-        return hidden[index], padded_starts
+        # other experts' assignments go to one spare slot past the end (a boolean mask
+        # would need a host synchronisation to size its result)
+        dest = torch.where(table[1][ids].bool(), dest, total)
+        index = torch.zeros(total + 1, dtype=torch.int64, device=self.device)
+        index[dest] = tokens
+        return hidden[index[:total]], padded_starts
 
     def synchronize(self) -> None:
         """Wait for every copy and computation this streamer issued."""
