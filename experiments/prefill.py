@@ -24,11 +24,13 @@ def placement_variants(cfg: Config) -> list[tuple[str, dict[str, str]]]:
         return [("", {})]
     own = options[PLACEMENT_OPTION]
     wanted = list(cfg.experiment.placements or [])
-    bad = [p for p in [own, *wanted] if p not in PLACEMENTS]
-    if bad:
-        raise HmoeError(
-            f"experiment.placements: unknown placement(s) {bad}; choose from {list(PLACEMENTS)}"
-        )
+    for name, values in (
+        (f"system.options.{PLACEMENT_OPTION}", [own]),
+        ("experiment.placements", wanted),
+    ):
+        bad = [p for p in values if p not in PLACEMENTS]
+        if bad:
+            raise HmoeError(f"{name}: unknown placement(s) {bad}; choose from {list(PLACEMENTS)}")
     extra = [p for p in dict.fromkeys(wanted) if p != own]
     return [("", {}), *((p, {PLACEMENT_OPTION: p}) for p in extra)]
 

@@ -17,7 +17,7 @@ from experiments.markdown import DASH, md_table, number
 from experiments.statistics import DEFAULT_CV_THRESHOLD, is_noisy
 from plots.breakdown_settings import STAGE_VARIANTS, breakdown_settings
 from plots.describe import experts_label, run_model_label
-from plots.point_means import is_slice, point_means, precision_class, unmeasured_points
+from plots.point_means import is_slice, point_means, unmeasured_points
 from plots.references import reference_points
 from plots.speedups import ratio_text
 from plots.style import series_name, system_name
@@ -108,22 +108,23 @@ BASELINE_SETTINGS = ("llamacpp", "llamacpp_best")
 
 def placement_table(results: pd.DataFrame) -> str:
     """Prefill tokens/s of the engine per placement beside llama.cpp's two settings, per
-    run model, precision class and prompt length, with the engine's best placement over
-    llama.cpp at its best (same run); empty when no engine placement other than its own
-    setting was measured."""
+    run model, precision (llama.cpp's F16 beside bf16) and prompt length, with the
+    engine's best placement over llama.cpp at its best (same run); empty when no engine
+    placement other than its own setting was measured."""
     points = point_means(results, "prefill")
     if points.empty:
         return ""
     points = points.assign(
         variant=points["variant"].fillna("").astype(str),
-        precision_class=points["precision"].map(precision_class),
+        # llama.cpp's full precision is F16 (recorded fp16) beside the engine's bf16
+        same_precision=points["precision"].replace({"fp16": "bf16"}),
     )
     engine = points[points["system"] == "engine"]
     if not (engine["variant"] != "").any():
         return ""
     rows = []
-    for (model, pclass, tokens), group in points.groupby(
-        ["model", "precision_class", "prompt_tokens"], sort=True
+    for (model, precision, tokens), group in points.groupby(
+        ["model", "same_precision", "prompt_tokens"], sort=True
     ):
         eng = group[group["system"] == "engine"]
         own = eng[eng["variant"] == ""]
@@ -145,7 +146,7 @@ def placement_table(results: pd.DataFrame) -> str:
         rows.append(
             [
                 model,
-                pclass,
+                precision,
                 int(tokens),
                 number(own_value),
                 *(number(values.get(name)) for name in PLACEMENT_COLUMNS),

@@ -453,7 +453,7 @@ def test_engine_placements_are_own_series_table_columns_and_left_out_of_claims(
     pairs = prefill_speedups(point_means(both, "prefill"))
     assert pairs["engine_tps"].max() == pytest.approx(point_means(results)["tokens_per_s"].max())
     table = placement_table(both)
-    lines = [line for line in table.splitlines() if line.startswith("| ds3_slice | full | 512")]
+    lines = [line for line in table.splitlines() if line.startswith("| ds3_slice | bf16 | 512")]
     assert len(lines) == 1
     cells = [c.strip() for c in lines[0].strip("|").split("|")]
     # own (engine bf16 x6 mean of trials 1x,2x = 9 x 512), cpu -, gpu_stream, split -, auto,
