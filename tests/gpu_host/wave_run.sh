@@ -11,7 +11,9 @@
 #      (tests/gpu_host/fast_run.sh), until the call's deadline.
 #   OUT=/dir DEADLINE_S=560 tests/gpu_host/wave_run.sh [run_all overrides...]
 # Knobs: LAYERS (2: a 4-layer slice with its F16 + Q8_0 GGUFs and their prefill copies needs
-# ~71 GB, over the host's 64 GB disk), SDIST (.whl/llama_cpp_python-*-trimmed.tar.gz).
+# ~71 GB, over the host's 64 GB disk), SDIST (.whl/llama_cpp_python-*-trimmed.tar.gz),
+# HMOE_GIT_COMMIT (the commit to record in provenance: a tree copied without .git otherwise
+# records its install-time stamp, "modified since stamp").
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 T0=$SECONDS
@@ -26,6 +28,8 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 SITE=/tmp/hmoe-site
 export PYTHONPATH="$PWD:$SITE:${PYTHONPATH:-}"
 
+[ -d .git ] || [ -n "${HMOE_GIT_COMMIT:-}" ] ||
+  log "no .git and no HMOE_GIT_COMMIT: provenance will name the install-time stamp's commit"
 if [ ! -e "$MARK/setup" ]; then
   {
     nvidia-smi -L; nproc; free -g | head -2; df -h /tmp | tail -1
