@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.accuracy_tasks import data, paper_code
-from experiments.accuracy_tasks.rules import DEFAULT_RULES, PAPER, program_timeout
-from experiments.sandbox import run_program
+from experiments.accuracy_tasks.rules import DEFAULT_RULES, PAPER, program_score
 
 HUB_DATASET = "openai/openai_humaneval"
 
@@ -44,10 +43,6 @@ class HumanEval:
         return doc["prompt"]
 
     def score(self, doc: dict[str, Any], completion: str, rules: str = DEFAULT_RULES) -> float:
-        timeout = program_timeout(rules)
         if rules == PAPER:
-            source = paper_code.human_eval_program(doc, completion)
-            result = run_program(source, timeout, module_name=paper_code.MODULE_NAME)
-        else:
-            result = run_program(program(doc, completion), timeout)
-        return 1.0 if result.passed else 0.0
+            return program_score(paper_code.human_eval_program(doc, completion), rules)
+        return program_score(program(doc, completion), rules)

@@ -12,7 +12,9 @@ problem's setup code; the number or yes/no right after "The answer is"; lines pa
 
 from __future__ import annotations
 
+from experiments.accuracy_tasks.paper_code import MODULE_NAME as PAPER_MODULE_NAME
 from experiments.errors import HmoeError
+from experiments.sandbox import run_program
 
 PAPER = "paper"
 STRICT = "strict"
@@ -35,3 +37,12 @@ def check_rules(rules: str) -> str:
 def program_timeout(rules: str) -> float:
     """Seconds one generated program may run under ``rules``."""
     return PAPER_TIMEOUT_S if check_rules(rules) == PAPER else STRICT_TIMEOUT_S
+
+
+def program_score(source: str, rules: str) -> float:
+    """1.0 when the generated program ``source`` runs to its end in the sandbox under
+    ``rules`` (its time limit; ``paper``: run as the artifact's ``exec`` ran it, with
+    ``__name__`` = builtins), else 0.0."""
+    module = PAPER_MODULE_NAME if check_rules(rules) == PAPER else "__main__"
+    result = run_program(source, program_timeout(rules), module_name=module)
+    return 1.0 if result.passed else 0.0
