@@ -9,24 +9,14 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT="${OUT:-/tmp/hmoe-fast-out}"
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HMOE_CACHE_DIR="${HMOE_CACHE_DIR:-/tmp/hmoe-cache}"
-[ -d /usr/local/cuda/bin ] && export PATH="/usr/local/cuda/bin:$PATH"
-SITE=/tmp/hmoe-site
-if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target "$SITE" .whl/*.whl >/dev/null 2>&1 || echo "wheel install failed" >&2
-fi
-export PYTHONPATH="$PWD:$SITE:${PYTHONPATH:-}"
-python3 -c "import engine._hmoe_cpu" 2>/dev/null ||
-  python3 setup.py build_ext --inplace >"$OUT/build.log" 2>&1
+export HMOE_CACHE_DIR="${HMOE_CACHE_DIR:-/tmp/hmoe-cache}"
+source tests/gpu_host/env.sh
+install_wheels
+ensure_extension "$OUT/build.log"
 if [ -n "${SDIST:-}" ] && ! python3 -c "import llama_cpp" 2>/dev/null; then
   start=$SECONDS
-  CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_NATIVE=on" \
-    python3 -m pip install -q --no-index --no-deps --no-build-isolation --target "$SITE" \
-    "$SDIST" >"$OUT/llamacpp_build.log" 2>&1
+  build_llamacpp "$SDIST" "$OUT/llamacpp_build.log"
   echo "llama-cpp-python build: exit $? in $((SECONDS - start)) s" | tee -a "$OUT/run.log"
-  python3 -c "import diskcache" 2>/dev/null || {
-    mkdir -p "$SITE/diskcache" && echo "# stand-in: no disk cache" >"$SITE/diskcache/__init__.py"; }
 fi
 RESULTS="${RESULTS:-/tmp/hmoe-results}"
 start=$SECONDS

@@ -8,15 +8,9 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT="${OUT:-/tmp/hmoe-hybrid-out}"
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-SITE=/tmp/hmoe-site
-if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target "$SITE" .whl/*.whl >/dev/null 2>&1 || echo "wheel install failed" >&2
-fi
-export PYTHONPATH="$PWD:$SITE:${PYTHONPATH:-}"
-python3 -c "import engine._hmoe_cpu" 2>/dev/null ||
-  python3 setup.py build_ext --inplace >"$OUT/build.log" 2>&1
+source tests/gpu_host/env.sh
+install_wheels
+ensure_extension "$OUT/build.log"
 CACHE=/tmp/hmoe-cache
 python3 -m experiments.cli synth --arch qwen2_moe --kind slice --layers "${LAYERS:-4}" \
   --cache-dir "$CACHE" --no-progress >"$OUT/synth.log" 2>&1 &

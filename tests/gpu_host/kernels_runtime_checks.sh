@@ -8,13 +8,8 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT="${OUT:-/tmp/hmoe-kernels-out}"
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-SITE=/tmp/hmoe-site
-if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target "$SITE" .whl/*.whl >/dev/null 2>&1 || echo "wheel install failed" >&2
-fi
-export PYTHONPATH="$PWD:$SITE:${PYTHONPATH:-}"
+source tests/gpu_host/env.sh
+install_wheels
 
 {
   echo "== host"; nvidia-smi -L; nproc; free -g | head -2; gcc --version | head -1

@@ -23,10 +23,7 @@ mkdir -p "$OUT" "$MARK"
 DEADLINE_S="${DEADLINE_S:-560}"
 left() { echo $((DEADLINE_S - (SECONDS - T0))); }
 log() { echo "[$((SECONDS - T0)) s] $*" | tee -a "$OUT/wave.log"; }
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-[ -d /usr/local/cuda/bin ] && export PATH="/usr/local/cuda/bin:$PATH"
-SITE=/tmp/hmoe-site
-export PYTHONPATH="$PWD:$SITE:${PYTHONPATH:-}"
+source tests/gpu_host/env.sh
 
 [ -d .git ] || [ -n "${HMOE_GIT_COMMIT:-}" ] ||
   log "no .git and no HMOE_GIT_COMMIT: provenance will name the install-time stamp's commit"
@@ -36,15 +33,12 @@ if [ ! -e "$MARK/setup" ]; then
     grep -m1 "model name" /proc/cpuinfo
     python3 -c "import torch; print('torch', torch.__version__, torch.version.cuda)"
   } >"$OUT/host.txt" 2>&1
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target "$SITE" .whl/*.whl >"$OUT/wheels.log" 2>&1 || log "wheel install failed"
+  install_wheels "$OUT/wheels.log"
   SDIST="${SDIST:-$(ls .whl/llama_cpp_python-*-trimmed.tar.gz 2>/dev/null | head -1)}"
   if [ -n "$SDIST" ] && ! python3 -c "import llama_cpp" 2>/dev/null; then
     (
       s=$SECONDS
-      CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_NATIVE=on" \
-        python3 -m pip install -q --no-index --no-deps --no-build-isolation --target "$SITE" \
-        "$SDIST" >"$OUT/llamacpp_build.log" 2>&1
+      build_llamacpp "$SDIST" "$OUT/llamacpp_build.log"
       echo "exit $? in $((SECONDS - s)) s" >"$MARK/llamacpp_built"
     ) &
     log "llama-cpp-python build started in the background"
@@ -78,8 +72,6 @@ while [ ! -e "$MARK/llamacpp_built" ] && ! python3 -c "import llama_cpp" 2>/dev/
   sleep 5
 done
 [ -e "$MARK/llamacpp_built" ] && log "llama-cpp-python build: $(cat "$MARK/llamacpp_built")"
-python3 -c "import diskcache" 2>/dev/null || {
-  mkdir -p "$SITE/diskcache" && echo "# stand-in: no disk cache" >"$SITE/diskcache/__init__.py"; }
 
 limit=$(($(left) - 25))
 if [ "$limit" -gt 30 ]; then
