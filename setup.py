@@ -22,18 +22,7 @@ from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
 CSRC = ROOT / "engine" / "csrc"
-SOURCES = [
-    "cpu_features.cpp",
-    "numa.cpp",
-    "thread_pool.cpp",
-    "task_queue.cpp",
-    "pack.cpp",
-    "kernels_portable.cpp",
-    "kernels_avx512.cpp",
-    "kernels_amx.cpp",
-    "moe_layer.cpp",
-    "bindings.cpp",
-]
+SOURCES = sorted(p.name for p in CSRC.glob("*.cpp"))  # the library + bindings.cpp
 CFLAGS = [
     "-O3",
     "-std=c++17",

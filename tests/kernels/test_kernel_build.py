@@ -15,17 +15,8 @@ from engine import kernels
 
 REPO = Path(__file__).resolve().parents[2]
 CSRC = REPO / "engine" / "csrc"
-LIB_SOURCES = [
-    "cpu_features.cpp",
-    "numa.cpp",
-    "thread_pool.cpp",
-    "task_queue.cpp",
-    "pack.cpp",
-    "kernels_portable.cpp",
-    "kernels_avx512.cpp",
-    "kernels_amx.cpp",
-    "moe_layer.cpp",
-]
+# every source of the extension but its Python bindings (as setup.py builds them)
+LIB_SOURCES = sorted(p.name for p in CSRC.glob("*.cpp") if p.name != "bindings.cpp")
 CXX = os.environ.get("CXX", "g++")
 
 
